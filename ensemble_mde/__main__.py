@@ -1,0 +1,4 @@
+from ensemble_mde.cli import main
+
+if __name__ == "__main__":
+    main()

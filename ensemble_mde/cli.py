@@ -1,0 +1,58 @@
+"""The `ensemble` command: a thin argparse layer over the Python API.
+
+Each subcommand lives in `ensemble_mde/commands/<module>.py`, which exposes
+`register(subparsers)`; the parser it adds sets `func(args) -> int | None`.
+Errors a user can cause (EnsembleError) print one line and exit with 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ensemble_mde import __version__
+from ensemble_mde.errors import EnsembleError
+
+COMMAND_MODULES = [
+    "ensemble_mde.commands.data",
+]
+
+
+def add_config_options(parser: argparse.ArgumentParser) -> None:
+    """The options every config-driven command shares."""
+    parser.add_argument("--config", metavar="FILE", help="YAML file merged over the packaged defaults")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one config key, e.g. --set train.lr=1e-4 (repeatable)")
+    parser.add_argument("--data", metavar="PATH", help="dataset root, list file or .mat/.zip (format detected)")
+    parser.add_argument("--device", metavar="D", help="auto (default), cpu, cuda, cuda:N")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    import importlib
+
+    parser = argparse.ArgumentParser(
+        prog="ensemble",
+        description="Stacked-generalization ensembles for monocular depth estimation.",
+    )
+    parser.add_argument("--version", action="version", version=f"ensemble-mde {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        sys.exit(0 if args.command is None else 2)
+    try:
+        code = args.func(args)
+    except EnsembleError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(code or 0)

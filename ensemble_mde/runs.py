@@ -1,0 +1,98 @@
+"""Run folders: `runs/<name>/` with `config.yaml` (fully resolved), `best.pt`, `last.pt`,
+`metrics.jsonl`, `summary.json`. A checkpoint holds the resolved config, so a run can be
+rebuilt from its folder (or its .pt file) alone.
+
+Checkpoint payload (a plain dict, loadable with weights_only=True):
+    format: "ensemble-mde/1", kind: "base" | "meta", learner: registry name,
+    config: resolved config, model: state_dict, epoch, step, metrics,
+    plus training state in last.pt (optimizer, scheduler, rng).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ensemble_mde import config as config_mod
+from ensemble_mde.errors import CheckpointError, EnsembleError
+from ensemble_mde.io import atomic_write_text, load_checkpoint
+
+CHECKPOINT_FORMAT = "ensemble-mde/1"
+
+
+def run_dir_for(cfg: dict, default_name: str) -> Path:
+    """runs_dir/name from the config (name defaults to `default_name`)."""
+    name = cfg["run"].get("name") or default_name
+    return Path(cfg["run"]["runs_dir"]) / name
+
+
+def write_run_config(run_dir: Path, cfg: dict) -> None:
+    atomic_write_text(config_mod.dump(cfg), Path(run_dir) / "config.yaml")
+
+
+def model_kwargs(cfg: dict) -> dict:
+    """The `model:` section without its `name` key: the learner's constructor arguments."""
+    return {k: v for k, v in cfg["model"].items() if k != "name"}
+
+
+def build_learner(cfg: dict):
+    """A fresh learner as the config's `model:` section describes it."""
+    import base_learners
+
+    return base_learners.create(cfg["model"]["name"], **model_kwargs(cfg))
+
+
+def checkpoint_payload(model: torch.nn.Module, cfg: dict, *, kind: str = "base", **extra) -> dict:
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    return {"format": CHECKPOINT_FORMAT, "kind": kind, "learner": cfg["model"]["name"],
+            "config": cfg, "model": state, **extra}
+
+
+def resolve_checkpoint(run: str | Path, which: str = "best") -> Path:
+    """A run folder (-> its best.pt, else last.pt) or a checkpoint file."""
+    path = Path(run)
+    if path.is_dir():
+        for name in (f"{which}.pt", "best.pt", "last.pt"):
+            if (path / name).is_file():
+                return path / name
+        raise CheckpointError("run folder holds no best.pt or last.pt", path)
+    if path.is_file():
+        return path
+    raise CheckpointError("no run folder or checkpoint at this path", path)
+
+
+def read_checkpoint(path: Path) -> dict:
+    ckpt = load_checkpoint(path)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"not an ensemble-mde checkpoint (expected format {CHECKPOINT_FORMAT})", path)
+    return ckpt
+
+
+def load_state(model: torch.nn.Module, state: dict, path: Path, learner: str) -> None:
+    """load_state_dict(strict) with a one-line error naming both learners and the keys."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shape = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
+    if missing or unexpected or shape:
+        parts = []
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shape)):
+            if keys:
+                parts.append(f"{label} {len(keys)}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}")
+        raise CheckpointError(
+            f"checkpoint does not fit learner {type(model).__name__} built as {learner!r} ({'; '.join(parts)})", path
+        )
+    model.load_state_dict(state)
+
+
+def load_run(run: str | Path, which: str = "best", device: str | torch.device = "cpu"):
+    """Rebuild a base learner from its run folder or checkpoint: (model in eval mode, cfg, ckpt)."""
+    path = resolve_checkpoint(run, which)
+    ckpt = read_checkpoint(path)
+    cfg = ckpt["config"]
+    if ckpt.get("kind", "base") != "base":
+        raise EnsembleError(f"{ckpt.get('kind')!r} runs are loaded with their own loader", path)
+    model = build_learner(cfg)
+    load_state(model, ckpt["model"], path, cfg["model"]["name"])
+    return model.to(device).eval(), cfg, ckpt

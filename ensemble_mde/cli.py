@@ -11,7 +11,7 @@ import argparse
 import sys
 
 from ensemble_mde import __version__
-from ensemble_mde.errors import EnsembleError
+from ensemble_mde.errors import ConfigError, EnsembleError
 
 COMMAND_MODULES = [
     "ensemble_mde.commands.data",
@@ -25,6 +25,17 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
                         help="override one config key, e.g. --set train.lr=1e-4 (repeatable)")
     parser.add_argument("--data", metavar="PATH", help="dataset root, list file or .mat/.zip (format detected)")
     parser.add_argument("--device", metavar="D", help="auto (default), cpu, cuda, cuda:N")
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'240x320' -> (240, 320): height x width in pixels."""
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ConfigError(f"size {text!r} must look like HxW, e.g. 240x320", "size") from None
+    if h <= 0 or w <= 0:
+        raise ConfigError(f"size {text!r} must be positive", "size")
+    return h, w
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -15,6 +15,8 @@ from ensemble_mde.errors import ConfigError, EnsembleError
 
 COMMAND_MODULES = [
     "ensemble_mde.commands.data",
+    "ensemble_mde.commands.train",
+    "ensemble_mde.commands.evaluate",
 ]
 
 

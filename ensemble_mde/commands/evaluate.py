@@ -1,0 +1,149 @@
+"""`ensemble evaluate RUN`, `ensemble predict RUN IMAGE...`, `ensemble profile NAME_OR_RUN`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ensemble_mde.cli import add_config_options, parse_size
+
+
+def register(sub) -> None:
+    p = sub.add_parser("evaluate", help="NYU metrics of a run on a split (Eigen crop for NYU-sized GT)",
+                       description="Run the model at its configured input size, upsample to the GT resolution, "
+                                   "score with the NYU protocol.")
+    p.add_argument("run", help="run folder or checkpoint")
+    add_config_options(p)
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--flip-tta", action="store_true", help="average with the mirrored prediction")
+    p.add_argument("--batch-size", type=int, default=4, dest="batch_size")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="depth maps for images: 16-bit PNG (mm) + colourised PNG",
+                       description="Predict depth for images of any size (resized to the run's input size, "
+                                   "the depth resized back).")
+    p.add_argument("run", help="run folder or checkpoint")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--out", default="predictions", metavar="DIR")
+    p.add_argument("--flip-tta", action="store_true")
+    p.add_argument("--device", metavar="D")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("profile", help="params, GMACs, latency and FPS of a learner or run",
+                       description="Size and speed of a model: params, mult-adds (torch.utils.flop_counter, "
+                                   "flops/2), median latency after warm-up, FPS.")
+    p.add_argument("target", help="learner name (e.g. adabins) or run folder")
+    p.add_argument("--size", metavar="HxW", help="input size (default: the config's data.size, else 416x544)")
+    p.add_argument("--batch-size", type=int, default=1, dest="batch_size")
+    p.add_argument("--repeats", type=int, default=10, help="timed forward passes")
+    p.add_argument("--device", metavar="D")
+    p.add_argument("--json", action="store_true", help="print one JSON object: params gmacs latency_ms fps")
+    p.set_defaults(func=cmd_profile)
+
+
+def _eval_config(run_cfg: dict, args) -> dict:
+    """The run's config with the user's data choice: a new --data re-detects the format."""
+    from ensemble_mde import config as config_mod
+    from ensemble_mde.pipeline import finalize_paths
+
+    cfg = run_cfg
+    if args.data:
+        cfg = config_mod.merge(cfg, {"data": {"path": args.data, "format": "auto", "train_list": None,
+                                              "test_list": None}}, strict=True, source="--data")
+    for text in args.overrides:
+        cfg = config_mod.merge(cfg, config_mod.parse_override(text), strict=True, source=f"--set {text}")
+    cfg = finalize_paths(cfg)
+    cfg["data"]["size"] = None  # score against GT at its own resolution
+    return cfg
+
+
+def cmd_evaluate(args) -> int:
+    from ensemble_mde.data import build_dataset, eigen_crop_default
+    from ensemble_mde.device import resolve_device
+    from ensemble_mde.evaluation import evaluate_model, model_input_size
+    from ensemble_mde.loading import load_any_run
+    from ensemble_mde.metrics import METRIC_KEYS
+
+    device = resolve_device(args.device or "auto")
+    model, run_cfg = load_any_run(args.run, device=device)
+    cfg = _eval_config(run_cfg, args)
+    dataset = build_dataset(cfg, args.split, augment=False)
+    eigen = eigen_crop_default(cfg["data"], dataset)
+    acc = evaluate_model(model, dataset, device=device, input_size=model_input_size(run_cfg),
+                         batch_size=args.batch_size, flip=args.flip_tta, eigen_crop=eigen,
+                         min_depth=cfg["data"]["min_depth"], max_depth=cfg["data"]["max_depth"])
+    metrics = acc.compute()
+    if args.json:
+        print(json.dumps({k: metrics[k] for k in (*METRIC_KEYS, "n_images")}))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{args.run} on {cfg['data']['path']} ({args.split}, {metrics['n_images']} images"
+                        f"{', Eigen crop' if eigen else ''}{', flip TTA' if args.flip_tta else ''})")
+    for key in METRIC_KEYS:
+        table.add_column(key, justify="right")
+    table.add_row(*(f"{metrics[k]:.4f}" for k in METRIC_KEYS))
+    Console().print(table)
+    return 0
+
+
+def cmd_predict(args) -> int:
+    import torch
+
+    from ensemble_mde.device import resolve_device
+    from ensemble_mde.data import load_rgb
+    from ensemble_mde.evaluation import model_input_size, resize_rgb
+    from ensemble_mde.loading import load_any_run
+    from ensemble_mde.metrics import flip_tta
+    from ensemble_mde.visualize import save_colorized_depth, save_depth_png, save_weight_maps
+
+    device = resolve_device(args.device or "auto")
+    model, cfg = load_any_run(args.run, device=device)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    size = model_input_size(cfg)
+    for image in args.images:
+        rgb = load_rgb(image)  # [3,H,W] in [0,1]; grayscale/RGBA converted
+        h, w = rgb.shape[-2:]
+        in_size = size or (h, w)
+        with torch.inference_mode():
+            x = resize_rgb(rgb[None].to(device), in_size)
+            outputs = model(x)
+            depth = flip_tta(lambda t: model(t)["depth"], x) if args.flip_tta else outputs["depth"]
+            depth = torch.nn.functional.interpolate(depth.float(), size=(h, w), mode="bilinear",
+                                                    align_corners=False)[0, 0].cpu()
+        stem = Path(image).stem
+        save_depth_png(depth, out / f"{stem}_depth.png")
+        save_colorized_depth(depth, out / f"{stem}_depth_color.png", max_depth=cfg["data"]["max_depth"],
+                             title=f"{Path(image).name}: depth (m)")
+        written = [f"{stem}_depth.png", f"{stem}_depth_color.png"]
+        if "weights" in outputs:
+            save_weight_maps(outputs["weights"][0].float().cpu(), getattr(model, "names", None),
+                             out / f"{stem}_weights.png")
+            written.append(f"{stem}_weights.png")
+        print(f"{image}: depth {float(depth.min()):.2f}-{float(depth.max()):.2f} m "
+              f"(median {float(depth.median()):.2f}) -> {', '.join(str(out / n) for n in written)}")
+    return 0
+
+
+def cmd_profile(args) -> int:
+    from ensemble_mde.device import resolve_device
+    from ensemble_mde.loading import load_any_run, packaged_learner
+    from ensemble_mde.profiling import profile_model
+
+    device = resolve_device(args.device or "auto")
+    if Path(args.target).exists():
+        model, cfg = load_any_run(args.target, device=device)
+    else:
+        model, cfg = packaged_learner(args.target)
+    size = parse_size(args.size) if args.size else tuple(cfg["data"].get("size") or (416, 544))
+    result = profile_model(model, size, batch=args.batch_size, device=device, repeats=args.repeats)
+    if args.json:
+        print(json.dumps({k: result[k] for k in ("params", "gmacs", "latency_ms", "fps")}))
+        return 0
+    print(f"{args.target} at {size[0]}x{size[1]}, batch {args.batch_size} on {device}: "
+          f"params {result['params']:,} ({result['params'] / 1e6:.2f}M)  GMACs {result['gmacs']:.3f}  "
+          f"latency {result['latency_ms']:.1f} ms  FPS {result['fps']:.1f}")
+    return 0

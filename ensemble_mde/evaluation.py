@@ -1,0 +1,76 @@
+"""Evaluation: run a model at its input size, upsample to the GT resolution, score with
+the NYU protocol (ensemble_mde.metrics). Shared by validation, `evaluate` and `compare`."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ensemble_mde.metrics import MetricAccumulator, flip_tta
+
+
+def model_input_size(cfg: dict) -> tuple[int, int] | None:
+    """[H, W] the model was trained to see: data.size, else the frame size recorded at training."""
+    size = cfg["data"].get("size") or cfg["run"].get("input_size")
+    return tuple(size) if size else None
+
+
+def resize_rgb(rgb: torch.Tensor, size: tuple[int, int] | None) -> torch.Tensor:
+    """[B,3,H,W] -> [B,3,*size] bilinear (no-op when size is None or already equal)."""
+    if size is None or tuple(rgb.shape[-2:]) == tuple(size):
+        return rgb
+    return F.interpolate(rgb, size=tuple(size), mode="bilinear", align_corners=False).clamp_(0, 1)
+
+
+def predict_depth(model: torch.nn.Module, rgb: torch.Tensor, *, input_size=None, flip: bool = False) -> torch.Tensor:
+    """Depth [B,1,h,w] in metres at the model's input size (rgb [B,3,H,W] in [0,1])."""
+    rgb = resize_rgb(rgb, input_size)
+
+    def run(x):
+        return model(x)["depth"]
+
+    return flip_tta(run, rgb) if flip else run(rgb)
+
+
+def _collate_eval(samples: list[dict]) -> dict:
+    """Batch RGB (same size after resizing) but keep GT maps as a list: GT sizes may differ."""
+    return {
+        "rgb": [s["rgb"] for s in samples],
+        "depth": [s["depth"] for s in samples],
+        "name": [s["name"] for s in samples],
+    }
+
+
+@torch.inference_mode()
+def evaluate_model(
+    model: torch.nn.Module,
+    dataset,
+    *,
+    device: torch.device,
+    input_size: tuple[int, int] | None = None,
+    batch_size: int = 4,
+    flip: bool = False,
+    eigen_crop: bool = False,
+    min_depth: float = 1e-3,
+    max_depth: float = 10.0,
+    workers: int = 0,
+    progress=None,
+) -> MetricAccumulator:
+    """Score `model` on every sample of `dataset`; returns the per-image accumulator.
+
+    progress: optional callable(n_done) for a progress display.
+    """
+    model.eval()
+    acc = MetricAccumulator(min_depth=min_depth, max_depth=max_depth, eigen_crop=eigen_crop)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size if input_size else 1, shuffle=False,
+        num_workers=workers, collate_fn=_collate_eval,
+    )
+    for batch in loader:
+        rgb = torch.cat([resize_rgb(x[None], input_size) for x in batch["rgb"]]).to(device)
+        pred = predict_depth(model, rgb, flip=flip).float().cpu()
+        for p, gt, name in zip(pred, batch["depth"], batch["name"]):
+            acc.update(p, gt, name=name)
+        if progress is not None:
+            progress(len(batch["name"]))
+    return acc

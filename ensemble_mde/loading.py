@@ -1,0 +1,33 @@
+"""Load any run (base learner or stacked ensemble) or a packaged learner by name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ensemble_mde import config as config_mod
+from ensemble_mde import runs
+
+
+def load_any_run(run: str | Path, device: torch.device | str = "cpu", which: str = "best"):
+    """(model in eval mode on `device`, resolved config) for a run folder or checkpoint."""
+    path = runs.resolve_checkpoint(run, which)
+    ckpt = runs.read_checkpoint(path)
+    if ckpt.get("kind") == "meta":
+        from meta_learner.loading import load_meta_run
+
+        model, cfg = load_meta_run(path, ckpt, device=device)
+        return model, cfg
+    model, cfg, _ = runs.load_run(path, device=device)
+    return model, cfg
+
+
+def packaged_learner(name: str):
+    """A freshly initialised learner from its packaged config: (model, cfg)."""
+    import base_learners
+
+    if name not in base_learners.available():
+        base_learners.create(name)  # raises the ModelError naming the closest learner
+    cfg = config_mod.load_config(["defaults", f"base/{name}"])
+    return runs.build_learner(cfg).eval(), cfg

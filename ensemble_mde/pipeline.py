@@ -1,0 +1,113 @@
+"""The Python API behind the CLI: resolve a config, train a base learner, load any run.
+
+    cfg = base_config("adabins", preset="cpu", overrides=["train.epochs=2"])
+    run_dir, summary = train_base(cfg)
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from ensemble_mde import config as config_mod
+from ensemble_mde import runs
+from ensemble_mde.device import resolve_device
+from ensemble_mde.engine import train
+
+
+def base_config(name: str, *, config_file=None, overrides=(), preset=None) -> dict:
+    """Resolved config of base learner `name`: defaults < base/<name> < preset < file < overrides."""
+    import base_learners
+
+    if name not in base_learners.available():
+        base_learners.create(name)  # raises the ModelError that names the closest learner
+    cfg = config_mod.load_config(["defaults", f"base/{name}"], config_file, overrides, preset)
+    return finalize_paths(cfg)
+
+
+def finalize_paths(cfg: dict) -> dict:
+    """Make data and weight paths absolute, so a run folder works from any directory."""
+    cfg["data"]["path"] = str(Path(cfg["data"]["path"]).expanduser().resolve())
+    for key in ("train_list", "test_list"):
+        if cfg["data"].get(key):
+            cfg["data"][key] = str(Path(cfg["data"][key]).expanduser().resolve())
+    if cfg.get("model", {}).get("pretrained_path"):
+        path = Path(cfg["model"]["pretrained_path"]).expanduser().resolve()
+        if not path.is_file():
+            from ensemble_mde.errors import ConfigError
+
+            raise ConfigError("pretrained weights file not found (model.pretrained_path)", path)
+        cfg["model"]["pretrained_path"] = str(path)
+    return cfg
+
+
+def cli_overrides(args) -> list[str]:
+    """Shortcut flags of the training commands as `key=value` overrides (applied last)."""
+    pairs = [("data", "data.path"), ("epochs", "train.epochs"), ("batch_size", "train.batch_size"),
+             ("lr", "train.lr"), ("seed", "run.seed"), ("device", "run.device")]
+    out = [f"{key}={getattr(args, attr)}" for attr, key in pairs if getattr(args, attr, None) is not None]
+    if getattr(args, "size", None):
+        from ensemble_mde.cli import parse_size
+
+        h, w = parse_size(args.size)
+        out.append(f"data.size=[{h}, {w}]")
+    if getattr(args, "out", None):
+        out_path = Path(args.out)
+        out += [f"run.runs_dir={out_path.parent.as_posix() or '.'}", f"run.name={out_path.name}"]
+    if getattr(args, "selectivity", None):
+        out.append(f"selectivity.layers=[{args.selectivity}]")
+    if getattr(args, "alpha", None) is not None:
+        out.append(f"selectivity.alpha={args.alpha}")
+    return list(args.overrides) + out
+
+
+def build_splits(cfg: dict):
+    """(train dataset with augmentation, val dataset, eigen_crop flag for validation)."""
+    from ensemble_mde.data import build_dataset, eigen_crop_default
+
+    train_set = build_dataset(cfg, "train")
+    val_set = build_dataset(cfg, "val")
+    return train_set, val_set, eigen_crop_default(cfg["data"], val_set)
+
+
+def train_base(cfg: dict, *, resume: bool = False, progress: bool = True):
+    """Train the base learner `cfg` describes; returns (run folder, summary)."""
+    device = resolve_device(cfg["run"]["device"])
+    run_dir = runs.run_dir_for(cfg, cfg["model"]["name"])
+    if resume and (run_dir / "last.pt").is_file():
+        cfg = _resume_config(run_dir, cfg)
+    train_set, val_set, eigen_crop = build_splits(cfg)
+    if not cfg["run"].get("input_size") and not cfg["data"].get("size"):
+        cfg["run"]["input_size"] = list(val_set[0]["rgb"].shape[-2:])
+    torch.manual_seed(int(cfg["run"]["seed"]))  # identical initial weights for a given seed
+    model = runs.build_learner(cfg)
+    with selectivity_term(model, cfg) as extra:
+        summary = train(model, cfg, train_set, val_set, run_dir, device=device, eigen_crop=eigen_crop,
+                        resume=resume, progress=progress, extra_loss=extra)
+    return run_dir, summary
+
+
+def _resume_config(run_dir: Path, cfg: dict) -> dict:
+    """A resumed run continues with the config it was started with."""
+    return runs.read_checkpoint(run_dir / "last.pt")["config"]
+
+
+@contextmanager
+def selectivity_term(model: torch.nn.Module, cfg: dict):
+    """Yields the depth-selectivity regulariser as an engine `extra_loss` (None when
+    `selectivity.layers` is empty); forward hooks stay on the layers while training."""
+    layers = list(cfg["selectivity"]["layers"])
+    if not layers:
+        yield None
+        return
+    from ensemble_mde.selectivity import LayerHooks, selectivity_regularizer
+
+    alpha = float(cfg["selectivity"]["alpha"])
+    with LayerHooks(model, layers) as hooks:
+        def extra(model, outputs, batch):
+            term, _ = selectivity_regularizer(hooks.outputs, batch["depth"], alpha=alpha)
+            return {"selectivity": term}
+
+        yield extra

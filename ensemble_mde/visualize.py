@@ -1,0 +1,62 @@
+"""Depth images: 16-bit millimetre PNGs, colourised depth with a colour bar, weight maps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+DEPTH_CMAP = "magma_r"  # near = bright, far = dark
+
+
+def _mpl():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_depth_png(depth: torch.Tensor | np.ndarray, path: Path) -> None:
+    """[H,W] metres -> 16-bit PNG in millimetres (the NYU/BTS convention; 0 = invalid)."""
+    d = np.asarray(depth, dtype=np.float64)
+    mm = np.clip(np.round(d * 1000.0), 0, 65535).astype(np.uint16)
+    Image.fromarray(mm).save(path)
+
+
+def save_colorized_depth(depth, path: Path, *, max_depth: float = 10.0, title: str = "") -> None:
+    """[H,W] metres -> PNG with a colour bar in metres (invalid pixels black)."""
+    plt = _mpl()
+    d = np.asarray(depth, dtype=np.float32)
+    h, w = d.shape
+    fig, ax = plt.subplots(figsize=(max(3.0, w / 100 + 1.2), max(2.4, h / 100)), dpi=100)
+    shown = np.ma.masked_less_equal(d, 0)
+    cmap = plt.get_cmap(DEPTH_CMAP).copy()
+    cmap.set_bad("black")
+    im = ax.imshow(shown, cmap=cmap, vmin=0, vmax=min(max_depth, float(d.max()) if d.size else max_depth))
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title, fontsize=8)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="m")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def save_weight_maps(weights: torch.Tensor, names, path: Path) -> None:
+    """[K,H,W] per-pixel learner weights in [0,1] -> one PNG with a panel per learner."""
+    plt = _mpl()
+    w = np.asarray(weights, dtype=np.float32)
+    k = w.shape[0]
+    names = list(names) if names else [f"learner {i}" for i in range(k)]
+    fig, axes = plt.subplots(1, k, figsize=(3.2 * k, 2.8), squeeze=False)
+    for i, ax in enumerate(axes[0]):
+        im = ax.imshow(w[i], cmap="viridis", vmin=0, vmax=1)
+        ax.set_title(f"weight: {names[i]}", fontsize=9)
+        ax.set_axis_off()
+    fig.colorbar(im, ax=list(axes[0]), fraction=0.02, pad=0.02)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

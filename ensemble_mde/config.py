@@ -70,6 +70,15 @@ def _closest(key: str, schema_root: dict, siblings: Iterable[str]) -> str:
     return f"; closest valid key: {near[0]!r}" if near else ""
 
 
+def _float_or_same(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
 def _coerce(value: Any, default: Any, key: str, source: str) -> Any:
     """Check `value` against the type of the packaged `default` (None accepts anything)."""
     if default is None or value is None:
@@ -80,6 +89,7 @@ def _coerce(value: Any, default: Any, key: str, source: str) -> Any:
         ok = isinstance(value, int) and not isinstance(value, bool)
         # A float default written as an int in YAML (e.g. 1) stays an int field.
     elif isinstance(default, float):
+        value = _float_or_same(value)  # YAML 1.1 reads 1e-4 (no dot) as a string
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         if ok:
             value = float(value)
@@ -128,6 +138,8 @@ def parse_override(text: str) -> dict:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError:
         value = raw
+    if isinstance(value, str) and value.strip().lower() not in ("nan", "inf", "-inf", "infinity"):
+        value = _float_or_same(value)
     tree: dict = {}
     node = tree
     parts = key.split(".")

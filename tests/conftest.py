@@ -1,0 +1,28 @@
+"""Shared fixtures: a tiny synthetic dataset rendered once per test session."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+torch_threads = os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+@pytest.fixture(scope="session")
+def synth_root(tmp_path_factory):
+    """A 48x64 synthetic NYU-like dataset in the densedepth layout (16 train, 4 val, 4 test)."""
+    from ensemble_mde.data.synth import synthesize
+
+    root = tmp_path_factory.mktemp("synth")
+    synthesize(root, counts={"train": 16, "val": 4, "test": 4}, size=(48, 64), seed=0, progress=False, workers=1)
+    return root
+
+
+def run_cli(*args, timeout=600, check=False):
+    """Run `python -m ensemble_mde ARGS` as a user would; returns CompletedProcess."""
+    proc = subprocess.run([sys.executable, "-m", "ensemble_mde", *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"ensemble {' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stderr}")
+    return proc

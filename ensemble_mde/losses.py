@@ -38,7 +38,7 @@ def silog_loss(pred: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor, varianc
     """
     if not bool(mask.any()):
         return _zero_like_graph(pred)
-    d = torch.log(pred[mask].clamp_min(eps)) - torch.log(gt[mask])
+    d = torch.log(pred[mask].float().clamp_min(eps)) - torch.log(gt[mask].float())
     radicand = (d * d).mean() - variance_focus * d.mean() ** 2
     return scale * torch.sqrt(radicand.clamp_min(SQRT_EPS))
 

@@ -1,0 +1,283 @@
+"""METER (Papa et al., 2023): a MobileViT encoder and a light upsampling decoder, in three
+sizes (xxs / xs / s), laid out exactly as the official code (lorenzopapa5/METER,
+architecture.py) so that official state_dicts load unchanged.
+
+Facts taken from the official code (our own implementation):
+- "SeparableConv2d" there is a *full* 3x3 conv (groups=1) named `depthwise`, then a 1x1
+  conv named `pointwise`, both without bias.
+- Encoder: conv1 (3x3 "separable", stride 2) -> mv2.0 .. mv2.4 -> mvit.0 -> mv2.5 -> mvit.1
+  -> mv2.6 -> mvit.2 -> conv2 (1x1). Skips: mv2.1 (1/4), mv2.4 (1/8), mv2.5 (1/16).
+- MobileViT block: 3x3 sep conv -> 1x1 to `dim` -> one pre-LayerNorm transformer layer
+  (4 heads x 8, FFN 2*dim in the first block, 4*dim after) over 2x2 patches, attention
+  among tokens at the same position inside their patch -> 1x1 back -> concat the block's
+  input -> 3x3 sep conv. ReLU everywhere.
+- Decoder: 1x1 conv, three blocks of ConvTranspose3x3 s2 -> concat skip -> sep conv ->
+  ReLU, then a 3x3 conv to one channel without bias. Native output: 1/4 of the input.
+- The official model outputs centimetres; this module outputs metres (official weights
+  are converted on import: ensemble_mde.weights scales `decoder.conv2d_out.weight`).
+
+Input: rgb [B,3,H,W] in [0,1]; ImageNet normalisation happens inside. H and W are
+replicate-padded to a multiple of 64 (five stride-2 stages, then 2x2 patches at 1/32).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from base_learners.common import DepthLearner, pad_to_multiple
+from base_learners.registry import register
+from ensemble_mde.losses import balanced_loss
+
+# variant -> (channels[11], transformer dims[3], MV2 expansion, decoder widths
+# (conv2d_in, ups_block_1, ups_block_2, ups_block_3)), from the official architecture.py.
+VARIANTS = {
+    "xxs": ((16, 16, 24, 24, 48, 48, 64, 64, 80, 80, 160), (64, 80, 96), 2, (64, 32, 16, 8)),
+    "xs": ((16, 32, 48, 48, 64, 64, 80, 80, 96, 96, 192), (96, 120, 144), 4, (128, 64, 32, 16)),
+    "s": ((16, 32, 64, 64, 96, 96, 128, 128, 160, 160, 320), (144, 192, 240), 4, (128, 64, 32, 16)),
+}
+INPUT_MULTIPLE = 64
+ATTENTION_HEADS = 4
+HEAD_DIM = 8
+PATCH = 2
+
+
+class SeparableConv(nn.Module):
+    """The official "separable" conv: full 3x3 conv (cin -> cout, groups=1), then 1x1."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1):
+        super().__init__()
+        self.depthwise = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.pointwise = nn.Conv2d(cout, cout, 1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pointwise(self.depthwise(x))
+
+
+def sep_conv_bn_relu(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(SeparableConv(cin, cout, stride), nn.BatchNorm2d(cout), nn.ReLU())
+
+
+def conv1x1_bn_relu(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
+
+
+class MV2Block(nn.Module):
+    """MobileNetV2 inverted residual: 1x1 expand, 3x3 depthwise (stride), 1x1 project (linear)."""
+
+    def __init__(self, cin: int, cout: int, stride: int, expansion: int):
+        super().__init__()
+        hidden = cin * expansion
+        self.use_residual = stride == 1 and cin == cout
+        self.conv = nn.Sequential(
+            nn.Conv2d(cin, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU(),
+            nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False), nn.BatchNorm2d(hidden), nn.ReLU(),
+            nn.Conv2d(hidden, cout, 1, bias=False), nn.BatchNorm2d(cout),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv(x) if self.use_residual else self.conv(x)
+
+
+class PreNorm(nn.Module):
+    def __init__(self, dim: int, fn: nn.Module):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.fn = fn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(self.norm(x))
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention over x [B, P, N, dim]: tokens N attend within each of
+    the P in-patch positions; 4 heads of 8, scale 8**-0.5, bias-free qkv."""
+
+    def __init__(self, dim: int, dropout: float):
+        super().__init__()
+        inner = ATTENTION_HEADS * HEAD_DIM
+        self.to_qkv = nn.Linear(dim, inner * 3, bias=False)
+        self.to_out = nn.Sequential(nn.Linear(inner, dim), nn.Dropout(dropout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, p, n, _ = x.shape
+        q, k, v = (t.view(b, p, n, ATTENTION_HEADS, HEAD_DIM).transpose(2, 3)
+                   for t in self.to_qkv(x).chunk(3, dim=-1))
+        out = F.scaled_dot_product_attention(q, k, v)  # [B, P, heads, N, d]
+        return self.to_out(out.transpose(2, 3).reshape(b, p, n, ATTENTION_HEADS * HEAD_DIM))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, dim: int, hidden: int, dropout: float):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Dropout(dropout),
+                                 nn.Linear(hidden, dim), nn.Dropout(dropout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class Transformer(nn.Module):
+    """One pre-LayerNorm layer: x + attn(norm x), then x + ffn(norm x)."""
+
+    def __init__(self, dim: int, mlp_dim: int, dropout: float):
+        super().__init__()
+        self.layers = nn.ModuleList([nn.ModuleList([
+            PreNorm(dim, Attention(dim, dropout)),
+            PreNorm(dim, FeedForward(dim, mlp_dim, dropout)),
+        ])])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for attn, ffn in self.layers:
+            x = attn(x) + x
+            x = ffn(x) + x
+        return x
+
+
+class MobileViTBlock(nn.Module):
+    def __init__(self, dim: int, channels: int, mlp_dim: int, dropout: float):
+        super().__init__()
+        self.conv1 = sep_conv_bn_relu(channels, channels)
+        self.conv2 = conv1x1_bn_relu(channels, dim)
+        self.transformer = Transformer(dim, mlp_dim, dropout)
+        self.conv3 = conv1x1_bn_relu(dim, channels)
+        self.conv4 = sep_conv_bn_relu(2 * channels, channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv2(self.conv1(x))
+        b, d, h, w = y.shape
+        hp, wp = h // PATCH, w // PATCH
+        # [B,d,H,W] -> [B, P=2*2 in-patch positions, N=hp*wp patches, d]
+        tokens = y.view(b, d, hp, PATCH, wp, PATCH).permute(0, 3, 5, 2, 4, 1).reshape(b, PATCH * PATCH, hp * wp, d)
+        tokens = self.transformer(tokens)
+        y = tokens.view(b, PATCH, PATCH, hp, wp, d).permute(0, 5, 3, 1, 4, 2).reshape(b, d, h, w)
+        return self.conv4(torch.cat((self.conv3(y), x), dim=1))
+
+
+class Encoder(nn.Module):
+    """MobileViT encoder; returns (features at 1/32, skips [1/2, 1/4, 1/8, 1/16])."""
+
+    def __init__(self, channels: tuple[int, ...], dims: tuple[int, ...], expansion: int, dropout: float):
+        super().__init__()
+        c = channels
+        self.conv1 = sep_conv_bn_relu(3, c[0], stride=2)
+        self.mv2 = nn.ModuleList([
+            MV2Block(c[0], c[1], 1, expansion),
+            MV2Block(c[1], c[2], 2, expansion),
+            MV2Block(c[2], c[3], 1, expansion),
+            MV2Block(c[2], c[3], 1, expansion),
+            MV2Block(c[3], c[4], 2, expansion),
+            MV2Block(c[5], c[6], 2, expansion),
+            MV2Block(c[7], c[8], 2, expansion),
+        ])
+        self.mvit = nn.ModuleList([
+            MobileViTBlock(dims[0], c[5], dims[0] * 2, dropout),
+            MobileViTBlock(dims[1], c[7], dims[1] * 4, dropout),
+            MobileViTBlock(dims[2], c[9], dims[2] * 4, dropout),
+        ])
+        self.conv2 = conv1x1_bn_relu(c[-2], c[-1])
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        s2 = self.conv1(x)
+        x = self.mv2[0](s2)
+        s4 = self.mv2[1](x)
+        x = self.mv2[3](self.mv2[2](s4))
+        s8 = self.mv2[4](x)
+        x = self.mvit[0](s8)
+        s16 = self.mv2[5](x)
+        x = self.mvit[1](s16)
+        x = self.mvit[2](self.mv2[6](x))
+        return self.conv2(x), [s2, s4, s8, s16]
+
+
+class UpBlock(nn.Module):
+    """ConvTranspose3x3 stride 2 (exact 2x) -> concat skip -> sep conv -> ReLU."""
+
+    def __init__(self, cin: int, cout: int, skip: int):
+        super().__init__()
+        self.conv2d_transpose = nn.ConvTranspose2d(cin, cout, 3, stride=2, padding=1, output_padding=1, bias=False)
+        self.end_up_layer = nn.Sequential(SeparableConv(cout + skip, cout), nn.ReLU())
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        return self.end_up_layer(torch.cat([self.conv2d_transpose(x), skip], dim=1))
+
+
+class Decoder(nn.Module):
+    def __init__(self, channels: tuple[int, ...], widths: tuple[int, ...]):
+        super().__init__()
+        w_in, w1, w2, w3 = widths
+        self.conv2d_in = nn.Conv2d(channels[-1], w_in, 1, bias=False)
+        self.ups_block_1 = UpBlock(w_in, w1, channels[6])
+        self.ups_block_2 = UpBlock(w1, w2, channels[4])
+        self.ups_block_3 = UpBlock(w2, w3, channels[2])
+        self.conv2d_out = nn.Conv2d(w3, 1, 3, padding=1, bias=False)
+
+    def forward(self, x: torch.Tensor, skips: list[torch.Tensor]) -> torch.Tensor:
+        x = self.conv2d_in(x)
+        x = self.ups_block_1(x, skips[3])
+        x = self.ups_block_2(x, skips[2])
+        x = self.ups_block_3(x, skips[1])
+        return self.conv2d_out(x)
+
+
+class METER(DepthLearner):
+    """METER depth network. forward(rgb [B,3,H,W] in [0,1]) -> {"depth": [B,1,H,W] metres}.
+
+    The network predicts at 1/4 of the (padded) input; the map is upsampled bilinearly to
+    the input resolution. No output activation (as in the official model): evaluation
+    clips to [min_depth, max_depth].
+    """
+
+    def __init__(self, variant: str = "xxs", min_depth: float = 1e-3, max_depth: float = 10.0, dropout: float = 0.0):
+        super().__init__(min_depth, max_depth)
+        if variant not in VARIANTS:
+            raise ValueError(f"unknown METER variant {variant!r}; one of {', '.join(VARIANTS)}")
+        channels, dims, expansion, widths = VARIANTS[variant]
+        self.variant = variant
+        self.encoder = Encoder(channels, dims, expansion, dropout)
+        self.decoder = Decoder(channels, widths)
+
+    def forward(self, rgb: torch.Tensor) -> dict[str, torch.Tensor]:
+        x, (h, w) = pad_to_multiple(self.normalize(rgb), INPUT_MULTIPLE)
+        features, skips = self.encoder(x)
+        native = self.decoder(features, skips)
+        depth = F.interpolate(native, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return {"depth": depth[..., :h, :w]}
+
+    def loss(self, outputs: dict[str, torch.Tensor], batch: dict) -> dict[str, torch.Tensor]:
+        """METER's balanced loss (L1 + 0.5 gradient + normal + SSIM) on valid GT pixels."""
+        gt = batch["depth"]
+        pred = outputs["depth"]
+        if pred.shape[-2:] != gt.shape[-2:]:
+            pred = F.interpolate(pred, size=gt.shape[-2:], mode="bilinear", align_corners=False)
+        return balanced_loss(pred, gt, self.valid(gt), self.max_depth)
+
+    def selectable_layers(self) -> "OrderedDict[str, nn.Module]":
+        """Hookable layers in the order their forward hooks fire."""
+        enc, dec = self.encoder, self.decoder
+        encoder_order = [enc.conv1, *enc.mv2[:5], enc.mvit[0], enc.mv2[5], enc.mvit[1], enc.mv2[6], enc.mvit[2]]
+        layers: OrderedDict[str, nn.Module] = OrderedDict((f"enc_{i}", m) for i, m in enumerate(encoder_order))
+        layers["enc_output"] = enc.conv2
+        layers["dec_0"] = dec.conv2d_in
+        layers["dec_1"] = dec.ups_block_1
+        layers["dec_2"] = dec.ups_block_2
+        layers["dec_3"] = dec.ups_block_3
+        return layers
+
+
+@register("meter_xxs")
+def meter_xxs(**cfg) -> METER:
+    return METER("xxs", **cfg)
+
+
+@register("meter_xs")
+def meter_xs(**cfg) -> METER:
+    return METER("xs", **cfg)
+
+
+@register("meter_s")
+def meter_s(**cfg) -> METER:
+    return METER("s", **cfg)

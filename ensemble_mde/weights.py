@@ -1,0 +1,61 @@
+"""Import official pretrained weights into a normal run folder (`config.yaml` + `best.pt`),
+so that `runs.load_run`, `evaluate`, `compare` and the meta-learner use them like any run.
+
+Supported: the METER releases (lorenzopapa5/METER, `build_model_best_nyu_xxs` ...): plain
+state_dicts whose keys match `base_learners.meter` exactly. The official network outputs
+centimetres; ours outputs metres, so `decoder.conv2d_out.weight` (the last, bias-free,
+linear layer) is multiplied by 0.01. The official models were trained and evaluated at
+192x256 (RGB/255, ImageNet mean/std, which our learners apply inside), so the run records
+`run.input_size: [192, 256]` and evaluation resizes inputs to it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ensemble_mde import config as config_mod
+from ensemble_mde import runs
+from ensemble_mde.errors import CheckpointError
+from ensemble_mde.io import atomic_save, load_checkpoint
+
+# learner -> how its official release differs from our learner: `to_metres` {state_dict
+# key: factor} turns the official output unit into metres; `input_size` [H, W] it expects.
+METER_RELEASE = {"to_metres": {"decoder.conv2d_out.weight": 0.01}, "input_size": [192, 256]}
+OFFICIAL_RELEASES = {"meter_xxs": METER_RELEASE, "meter_xs": METER_RELEASE, "meter_s": METER_RELEASE}
+NESTED_KEYS = ("model", "state_dict")
+
+
+def official_state_dict(file: Path) -> dict[str, torch.Tensor]:
+    """The state_dict in `file` (weights_only load): plain, or nested under "model"/"state_dict"."""
+    ckpt = load_checkpoint(file)
+    for key in NESTED_KEYS:
+        if isinstance(ckpt, dict) and isinstance(ckpt.get(key), dict):
+            ckpt = ckpt[key]
+            break
+    if not isinstance(ckpt, dict) or not all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+        raise CheckpointError("not a state_dict (a mapping of parameter names to tensors)", file)
+    return ckpt
+
+
+def import_official_weights(learner: str, file: Path, out_dir: Path) -> Path:
+    """Convert the official weights `file` for `learner` into the run folder `out_dir`
+    (config.yaml + best.pt); returns the path of best.pt."""
+    file, out_dir = Path(file), Path(out_dir)
+    if learner not in OFFICIAL_RELEASES:
+        raise CheckpointError(
+            f"no official-weight import for learner {learner!r}; supported: {', '.join(OFFICIAL_RELEASES)}", learner)
+    release = OFFICIAL_RELEASES[learner]
+    cfg = config_mod.load_config(["defaults", f"base/{learner}"])
+    cfg["run"].update(name=out_dir.name, runs_dir=str(out_dir.parent), input_size=list(release["input_size"]))
+    model = runs.build_learner(cfg)
+    runs.load_state(model, official_state_dict(file), file, learner)  # one-line error naming the bad keys
+    own = model.state_dict()
+    with torch.no_grad():
+        for key, factor in release["to_metres"].items():
+            own[key].mul_(factor)
+    runs.write_run_config(out_dir, cfg)
+    best = out_dir / "best.pt"
+    atomic_save(runs.checkpoint_payload(model, cfg, epoch=0, step=0, metrics={}, source=str(file)), best)
+    return best

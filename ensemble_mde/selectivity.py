@@ -263,3 +263,60 @@ class SelectivityDissection:
         """{layer: [K] long} each unit's strongest present bin of |R|."""
         present = self.present_bins()
         return {name: strongest_bins(r.abs(), present[name]) for name, r in self.mean_responses().items()}
+
+
+def _scale_channels(output, mask: torch.Tensor):
+    """`output` with its main tensor's channels (dim 1) multiplied by mask [K]."""
+    if isinstance(output, torch.Tensor):
+        if output.shape[1] != mask.numel():
+            raise ModelError(f"layer has {output.shape[1]} channels but the unit order names {mask.numel()} units")
+        return output * mask.to(output).view(1, -1, *([1] * (output.dim() - 2)))
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        return type(output)([_scale_channels(output[0], mask), *output[1:]])
+    raise ModelError(f"cannot ablate units of a layer that outputs {type(output).__name__}")
+
+
+class ZeroUnits:
+    """Context manager: a forward hook that zeroes the given output channels of one layer."""
+
+    def __init__(self, model: torch.nn.Module, layer: str, units: Iterable[int], channels: int):
+        self.module = resolve_layers(model, [layer])[layer]
+        self.mask = torch.ones(channels)
+        self.mask[torch.as_tensor(list(units), dtype=torch.long)] = 0.0
+        self._handle = None
+
+    def __enter__(self) -> "ZeroUnits":
+        self._handle = self.module.register_forward_hook(lambda m, i, out: _scale_channels(out, self.mask))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._handle.remove()
+
+
+def ablation_curve(model: torch.nn.Module, dataset, layer: str, unit_order, ks: Iterable[int], *,
+                   random_repeats: int = 1, seed: int = 0, device: str | torch.device = "cpu",
+                   **eval_kwargs) -> dict:
+    """RMSE (metres) on `dataset` after zeroing the k most selective units of `layer`,
+    against k random units, for each k in `ks`.
+
+    unit_order: all K units of the layer, most selective first (e.g.
+    `torch.argsort(selectivity, descending=True)`). Random curves average `random_repeats`
+    seeded permutations. The model should already be on `device`; eval_kwargs go to
+    `evaluation.evaluate_model` (input_size, eigen_crop, min_depth, max_depth, batch_size ...).
+    Returns {"layer", "k": [...], "top_rmse": [...], "random_rmse": [...]}.
+    """
+    from ensemble_mde.evaluation import evaluate_model
+
+    order = [int(u) for u in unit_order]
+    channels = len(order)
+    gen = torch.Generator().manual_seed(seed)
+    perms = [torch.randperm(channels, generator=gen).tolist() for _ in range(random_repeats)]
+
+    def rmse(units: list[int]) -> float:
+        with ZeroUnits(model, layer, units, channels):
+            return float(evaluate_model(model, dataset, device=torch.device(device), **eval_kwargs).compute()["rmse"])
+
+    ks = [int(k) for k in ks]
+    top = [rmse(order[:k]) for k in ks]
+    rand = [sum(rmse(p[:k]) for p in perms) / len(perms) for k in ks]
+    return {"layer": layer, "k": ks, "top_rmse": top, "random_rmse": rand}

@@ -180,3 +180,36 @@ def test_streaming_dissection_equals_one_pass_over_all_pixels():
         expected.append(((r[a] - rest) / (r[a] + rest)).item())
     assert dissect.result()["l"].tolist() == pytest.approx(expected, abs=1e-6)
     assert dissect.counts["l"].sum().item() == (flat >= 0).sum().item()
+
+
+class SumOfUnits(nn.Module):
+    """depth = sum over the 4 channels of `units`, whose channel k is the constant V[k]."""
+
+    V = (1.0, 1.5, 0.5, 1.0)
+
+    def __init__(self):
+        super().__init__()
+        self.units = nn.Conv2d(3, 4, 1)
+        nn.init.zeros_(self.units.weight)
+        self.units.bias.data = torch.tensor(self.V)
+
+    def forward(self, rgb):
+        return {"depth": self.units(rgb).sum(dim=1, keepdim=True)}
+
+    def selectable_layers(self):
+        return OrderedDict(units=self.units)
+
+
+def test_ablation_curve_zeroes_the_ordered_units():
+    from ensemble_mde.selectivity import ablation_curve
+
+    dataset = [{"rgb": torch.rand(3, 8, 8), "depth": torch.full((1, 8, 8), 4.0), "name": f"s{i}"} for i in range(2)]
+    curve = ablation_curve(SumOfUnits(), dataset, "units", [1, 0, 3, 2], [0, 1, 2, 4], random_repeats=2)
+    # zeroing units removes their constant from the prediction: RMSE = the sum of the removed values
+    assert curve["k"] == [0, 1, 2, 4]
+    assert curve["top_rmse"] == pytest.approx([0.0, 1.5, 2.5, 4.0 - 1e-3], abs=1e-5)  # prediction clipped at 1e-3
+    assert curve["random_rmse"][0] == pytest.approx(0.0, abs=1e-6)
+    assert curve["random_rmse"][-1] == pytest.approx(4.0 - 1e-3, abs=1e-5)
+    assert 0.5 <= curve["random_rmse"][1] <= 1.5
+    with pytest.raises(ModelError, match="4 channels but the unit order names 3"):
+        ablation_curve(SumOfUnits(), dataset, "units", [0, 1, 2], [1])

@@ -1,0 +1,81 @@
+"""Averaging baselines every comparison reports next to the stacked ensembles (DESIGN.md §7).
+
+One interface: `forward(base_depths [B,K,H,W] metres, gt [B,1,H,W] | None) -> depth [B,1,H,W]`.
+
+- MeanEnsemble: the simple average (the paper's "Baseline").
+- MedianEnsemble: the per-pixel median (mean of the two middle values for even K).
+- WeightedEnsemble: fixed weights proportional to 1 / validation RMSE, normalised.
+- OracleEnsemble: per pixel the base closest to the ground truth; needs GT, so it is an
+  upper bound for reports (`upper_bound = True`), never a method. Where GT is invalid it
+  falls back to the mean.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from base_learners.common import valid_mask
+from ensemble_mde.errors import ModelError
+from meta_learner.ensemble import blend
+
+
+class AveragingBaseline(nn.Module):
+    """forward(base_depths [B,K,H,W], gt [B,1,H,W] | None) -> [B,1,H,W]; `needs_gt`: forward
+    needs the ground truth; `upper_bound`: reports mark it as a bound, not a method."""
+
+    needs_gt = False
+    upper_bound = False
+
+
+class MeanEnsemble(AveragingBaseline):
+    def forward(self, base_depths: torch.Tensor, gt: torch.Tensor | None = None) -> torch.Tensor:
+        return base_depths.mean(dim=1, keepdim=True)
+
+
+class MedianEnsemble(AveragingBaseline):
+    def forward(self, base_depths: torch.Tensor, gt: torch.Tensor | None = None) -> torch.Tensor:
+        ordered = base_depths.sort(dim=1).values
+        k = ordered.shape[1]
+        middle = ordered[:, (k - 1) // 2: k // 2 + 1]      # one map for odd K, two for even K
+        return middle.mean(dim=1, keepdim=True)
+
+
+class WeightedEnsemble(AveragingBaseline):
+    """Weights w_k = (1 / rmse_k) / sum_j (1 / rmse_j) from each base's validation RMSE (metres)."""
+
+    def __init__(self, val_rmse: list[float]):
+        super().__init__()
+        rmse = torch.as_tensor([float(r) for r in val_rmse], dtype=torch.float64)
+        if rmse.numel() < 1 or not bool(torch.isfinite(rmse).all() and (rmse > 0).all()):
+            raise ModelError(f"weighted baseline needs positive finite validation RMSEs, got {list(val_rmse)}")
+        inverse = 1.0 / rmse
+        self.register_buffer("weights", (inverse / inverse.sum()).float())
+
+    def forward(self, base_depths: torch.Tensor, gt: torch.Tensor | None = None) -> torch.Tensor:
+        return blend(self.weights.to(base_depths.dtype).view(1, -1, 1, 1), base_depths)
+
+
+class OracleEnsemble(AveragingBaseline):
+    """Per pixel the base depth nearest the GT (an upper bound: it looks at the answer)."""
+
+    needs_gt = True
+    upper_bound = True
+
+    def __init__(self, min_depth: float = 1e-3, max_depth: float = 10.0):
+        super().__init__()
+        self.min_depth, self.max_depth = float(min_depth), float(max_depth)
+
+    def forward(self, base_depths: torch.Tensor, gt: torch.Tensor | None = None) -> torch.Tensor:
+        if gt is None:
+            raise ModelError("the oracle baseline needs the ground-truth depth")
+        if gt.shape[-2:] != base_depths.shape[-2:]:
+            raise ModelError(f"oracle: GT {tuple(gt.shape)} and base depths {tuple(base_depths.shape)} "
+                             "differ in size; resize the predictions to the GT first")
+        nearest = (base_depths - gt).abs().argmin(dim=1, keepdim=True)
+        best = base_depths.gather(1, nearest)
+        return torch.where(valid_mask(gt, self.min_depth, self.max_depth), best,
+                           base_depths.mean(dim=1, keepdim=True))
+
+
+BASELINES = {"mean": MeanEnsemble, "median": MedianEnsemble, "weighted": WeightedEnsemble, "oracle": OracleEnsemble}

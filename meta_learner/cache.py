@@ -1,0 +1,236 @@
+"""The base-prediction cache for freeze mode: the K frozen base learners run once over the
+un-augmented frames, and meta-learner epochs read their depth maps from an HDF5 file.
+
+File: `<cache_dir>/preds-<key>.h5`, one chunked float16 array `depths` [N,K,H,W] (metres,
+one chunk per sample, at the dataset's frame resolution) and `names` [N] (sample names, in
+dataset order). The key is a SHA-256 of the base checkpoints' hashes
+(`ensemble_mde.io.file_sha256`) and the data identity (`data_identity`): a changed base
+checkpoint or data split gives another file. The key is also stored in the file's attrs
+and checked on open; a stale or unreadable file is rebuilt. A fill writes a temporary file
+and renames it when complete, so a killed fill never leaves a half cache behind.
+Size: N*K*H*W*2 bytes (24,231 frames x 3 learners at 480x640: 44.7 GB; set data.size to
+cache smaller frames).
+
+HDF5 handles are opened lazily once per process (checked by pid): DataLoader workers each
+open their own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+
+from ensemble_mde.data.augment import augment_rng, augment_sample
+from ensemble_mde.errors import DataError, ModelError
+from ensemble_mde.progress import task_progress
+
+CACHE_FORMAT = "ensemble-mde-cache/1"
+KEY_CHARS = 24  # hex characters of the key in the file name
+
+
+def _sha256_json(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode("utf-8")).hexdigest()
+
+
+def data_identity(root: str | Path, data_format: str, split: str, names: list[str],
+                  frame_size: tuple[int, int]) -> str:
+    """Hex SHA-256 of what decides the cached frames: dataset root, format, split, the
+    sample names in order, and the frame size [H, W] the bases see."""
+    return _sha256_json({"root": str(root), "format": str(data_format), "split": str(split),
+                         "names": [str(n) for n in names], "frame_size": [int(v) for v in frame_size]})
+
+
+def cache_key(base_hashes: list[str], data_id: str) -> str:
+    """Hex SHA-256 of the ordered base checkpoint hashes and the data identity."""
+    return _sha256_json({"format": CACHE_FORMAT, "bases": [str(h) for h in base_hashes], "data": str(data_id)})
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _collate_frames(samples: list[dict]) -> dict:
+    """Stack RGB [B,3,H,W]; keep names; the frame sizes must agree."""
+    sizes = {tuple(s["rgb"].shape[-2:]) for s in samples}
+    if len(sizes) > 1:
+        raise DataError(f"the prediction cache needs one frame size, found {sorted(sizes)}; "
+                        "set data.size to resize the frames", "data.size")
+    return {"rgb": torch.stack([s["rgb"] for s in samples]), "name": [str(s["name"]) for s in samples]}
+
+
+class PredictionCache:
+    """Cached base depths of one dataset split: `get(index) -> [K,H,W] float32` metres."""
+
+    def __init__(self, path: str | Path, key: str):
+        self.path = Path(path)
+        self.key = key
+        self._file = None
+        self._pid = None
+        self._names: list[str] | None = None
+        self.complete = self._verify()
+
+    @classmethod
+    def open(cls, cache_dir: str | Path, base_hashes: list[str], data_id: str) -> "PredictionCache":
+        """The cache of these base checkpoints on this data (complete or still to `fill`)."""
+        key = cache_key(base_hashes, data_id)
+        return cls(Path(cache_dir) / f"preds-{key[:KEY_CHARS]}.h5", key)
+
+    def _verify(self) -> bool:
+        """True when the file exists, is readable, complete and holds this key; a stale or
+        broken file is removed (it will be rebuilt)."""
+        if not self.path.exists():
+            return False
+        try:
+            with h5py.File(self.path, "r") as f:
+                ok = (f.attrs.get("format") == CACHE_FORMAT and f.attrs.get("key") == self.key
+                      and bool(f.attrs.get("complete", False)) and "depths" in f and "names" in f
+                      and f["depths"].shape[0] == f["names"].shape[0])
+        except OSError:
+            ok = False
+        if not ok:
+            self.path.unlink()
+        return ok
+
+    def _handle(self) -> h5py.File:
+        if not self.complete:
+            raise DataError("the prediction cache is not filled yet; call fill() first", self.path)
+        if self._file is None or self._pid != os.getpid():
+            self._file = h5py.File(self.path, "r")   # a handle inherited by fork is dropped, not used
+            self._pid = os.getpid()
+        return self._file
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_file": None, "_pid": None}
+
+    def close(self) -> None:
+        if self._file is not None and self._pid == os.getpid():
+            self._file.close()
+        self._file = None
+
+    def __len__(self) -> int:
+        return int(self._handle()["depths"].shape[0])
+
+    @property
+    def names(self) -> list[str]:
+        """Sample names in dataset order (as filled)."""
+        if self._names is None:
+            self._names = [n.decode("utf-8") for n in self._handle()["names"][:]]
+        return self._names
+
+    @property
+    def num_learners(self) -> int:
+        return int(self._handle()["depths"].shape[1])
+
+    def get(self, index: int) -> torch.Tensor:
+        """Base depths of sample `index`: float32 [K,H,W] metres."""
+        return torch.from_numpy(self._handle()["depths"][int(index)].astype(np.float32))
+
+    def _remove_dead_partials(self) -> None:
+        """Temp files of fills whose process is gone (killed mid-fill)."""
+        for partial in self.path.parent.glob(f".{self.path.name}.*.partial"):
+            pid = partial.name[len(self.path.name) + 2:-len(".partial")]
+            if not pid.isdigit() or not _pid_alive(int(pid)):
+                partial.unlink(missing_ok=True)
+
+    @torch.inference_mode()
+    def fill(self, dataset, bases: list[torch.nn.Module], device: torch.device | str = "cpu", batch_size: int = 8,
+             progress: bool = True, workers: int = 0) -> "PredictionCache":
+        """Run the bases (put in eval mode, on `device`) once over the un-augmented `dataset`
+        and write their depths; does nothing when the cache is already complete."""
+        if self.complete:
+            return self
+        self.close()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._remove_dead_partials()
+        bases = [base.to(device).eval() for base in bases]
+        loader = torch.utils.data.DataLoader(dataset, batch_size=int(batch_size), shuffle=False,
+                                             num_workers=int(workers), collate_fn=_collate_frames)
+        tmp = self.path.parent / f".{self.path.name}.{os.getpid()}.partial"
+        try:
+            with h5py.File(tmp, "w") as f, task_progress(progress) as bar:
+                task = bar.add_task("caching base predictions", total=len(dataset))
+                f.attrs["format"] = CACHE_FORMAT
+                f.attrs["key"] = self.key
+                f.attrs["complete"] = False
+                names = f.create_dataset("names", shape=(len(dataset),), dtype=h5py.string_dtype("utf-8"))
+                depths = None
+                start = 0
+                for batch in loader:
+                    rgb = batch["rgb"].to(device)
+                    maps = torch.cat([self._base_depth(base, rgb, i) for i, base in enumerate(bases)], dim=1)
+                    if depths is None:
+                        k, h, w = maps.shape[1:]
+                        depths = f.create_dataset("depths", shape=(len(dataset), k, h, w), dtype="float16",
+                                                  chunks=(1, k, h, w))
+                    stop = start + maps.shape[0]
+                    depths[start:stop] = maps.float().cpu().numpy().astype(np.float16)
+                    names[start:stop] = batch["name"]
+                    start = stop
+                    bar.update(task, advance=maps.shape[0])
+                if depths is None:
+                    raise DataError("cannot cache predictions of an empty dataset")
+                f.attrs["complete"] = True
+            os.replace(tmp, self.path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        self._names = None
+        self.complete = True
+        return self
+
+    @staticmethod
+    def _base_depth(base: torch.nn.Module, rgb: torch.Tensor, position: int) -> torch.Tensor:
+        depth = base(rgb)["depth"]
+        if tuple(depth.shape[-2:]) != tuple(rgb.shape[-2:]) or depth.shape[1] != 1:
+            raise ModelError(f"base learner {position} returned depth {tuple(depth.shape)} for input "
+                             f"{tuple(rgb.shape)}; expected [B,1,H,W] at the input resolution")
+        return depth
+
+
+class CachedMetaDataset(torch.utils.data.Dataset):
+    """The sample dict of `dataset` (which must be un-augmented, in the order the cache was
+    filled) plus `base_depths` [K,H,W] from the cache. With `cfg_augment` (the `augment:`
+    config section, `enabled: true`), rotation/crop/flip apply to rgb, depth and base_depths
+    together (bilinear for the predictions, as for RGB) and colour to rgb only, drawn from
+    `augment_rng(seed, epoch, index)` like the plain training set."""
+
+    def __init__(self, dataset, cache: PredictionCache, cfg_augment: dict | None = None, seed: int = 0):
+        self.dataset = dataset
+        self.cache = cache
+        self.cfg_augment = cfg_augment if cfg_augment and cfg_augment.get("enabled", True) else None
+        self.seed = int(seed)
+        self.epoch = 0
+        if len(cache) != len(dataset):
+            raise DataError(f"the prediction cache holds {len(cache)} samples, the dataset {len(dataset)}; "
+                            "it belongs to another split", cache.path)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict:
+        sample = self.dataset[index]
+        if str(sample["name"]) != self.cache.names[index]:
+            raise DataError(f"sample {index} is {sample['name']!r} but the cache holds {self.cache.names[index]!r}; "
+                            "the dataset order changed since the cache was filled", self.cache.path)
+        base_depths = self.cache.get(index)
+        if tuple(base_depths.shape[-2:]) != tuple(sample["rgb"].shape[-2:]):
+            raise DataError(f"cached predictions are {tuple(base_depths.shape[-2:])}, the frame is "
+                            f"{tuple(sample['rgb'].shape[-2:])}", self.cache.path)
+        if self.cfg_augment is None:
+            return {**sample, "base_depths": base_depths}
+        rng = augment_rng(self.seed, self.epoch, index)
+        return augment_sample(sample, rng, self.cfg_augment, {"base_depths": base_depths}, extra_mode="bilinear")

@@ -1,0 +1,121 @@
+"""The stacked ensemble: K base learners, a weighting U-Net, depth = sum_k W_k * D_k.
+
+Modes (DESIGN.md §7):
+- "freeze": bases fixed in eval mode (no gradients); only the meta-learner trains. Base
+  depths usually come from the prediction cache (`forward(rgb, base_depths=...)`).
+- "finetune": bases start from their checkpoints and train with the meta-learner, at a
+  lower learning rate (`param_groups(lr, base_lr_factor)`).
+- "simultaneous": bases and meta train together from the start; the loss adds each
+  base's own loss (`base_<name>`) to the ensemble's SILog.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+from torch import nn
+
+from base_learners.common import valid_mask
+from ensemble_mde.errors import ModelError
+from ensemble_mde.losses import silog_loss
+from meta_learner.unet import WeightingUNet
+
+MODES = ("freeze", "finetune", "simultaneous")
+
+
+def blend(weights: torch.Tensor, depths: torch.Tensor) -> torch.Tensor:
+    """Weighted sum over learners: weights [B,K,H,W] (or broadcastable, e.g. [1,K,1,1]),
+    depths [B,K,H,W] metres -> depth [B,1,H,W] = sum_k W_k * D_k."""
+    if weights.shape[1] != depths.shape[1]:
+        raise ModelError(f"blend: {weights.shape[1]} weights for {depths.shape[1]} depth maps")
+    return (weights * depths).sum(dim=1, keepdim=True)
+
+
+class StackedEnsemble(nn.Module):
+    """forward(rgb [B,3,H,W] in [0,1], base_depths [B,K,H,W] | None) ->
+    {"depth": [B,1,H,W], "weights": [B,K,H,W], "base_depths": [B,K,H,W]}
+    (+ "base_outputs": each base's output dict, when the bases ran)."""
+
+    def __init__(self, bases: list[nn.Module], meta: WeightingUNet, names: list[str], mode: str = "freeze",
+                 min_depth: float = 1e-3, max_depth: float | None = None):
+        super().__init__()
+        names = [str(n) for n in names]
+        if len(bases) != len(names) or len(set(names)) != len(names):
+            raise ModelError(f"ensemble needs one unique name per base learner, got {names} for {len(bases)} bases",
+                             "meta.bases")
+        if meta.num_learners != len(bases):
+            raise ModelError(f"meta-learner outputs {meta.num_learners} weights for {len(bases)} base learners",
+                             "meta.bases")
+        self.bases = nn.ModuleList(bases)
+        self.meta = meta
+        self.names = names
+        self.min_depth = float(min_depth)
+        self.max_depth = float(meta.max_depth if max_depth is None else max_depth)
+        self.mode = "freeze"
+        self.set_mode(mode)
+
+    def set_mode(self, mode: str) -> "StackedEnsemble":
+        """Freeze (bases eval, no gradients) or train the bases (finetune / simultaneous)."""
+        if mode not in MODES:
+            raise ModelError(f"mode must be one of {', '.join(MODES)}, got {mode!r}", "meta.mode")
+        self.mode = mode
+        self.bases.requires_grad_(mode != "freeze")
+        self.train(self.training)
+        return self
+
+    def train(self, mode: bool = True) -> "StackedEnsemble":
+        """As nn.Module.train, except that frozen bases always stay in eval mode."""
+        super().train(mode)
+        if self.mode == "freeze":
+            self.bases.eval()
+        return self
+
+    def run_bases(self, rgb: torch.Tensor) -> tuple[torch.Tensor, list[dict]]:
+        """(base depths [B,K,H,W], each base's output dict); no graph for frozen bases."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.mode != "freeze"):
+            outputs = [base(rgb) for base in self.bases]
+        for name, out in zip(self.names, outputs):
+            if tuple(out["depth"].shape[-2:]) != tuple(rgb.shape[-2:]):
+                raise ModelError(f"base learner {name!r} returned depth {tuple(out['depth'].shape)} for input "
+                                 f"{tuple(rgb.shape)}; depth must be at the input resolution", name)
+        return torch.cat([out["depth"] for out in outputs], dim=1), outputs
+
+    def forward(self, rgb: torch.Tensor, base_depths: torch.Tensor | None = None) -> dict:
+        base_outputs = None
+        if base_depths is None:
+            base_depths, base_outputs = self.run_bases(rgb)
+        weights = self.meta(rgb, base_depths)
+        out = {"depth": blend(weights, base_depths), "weights": weights, "base_depths": base_depths}
+        if base_outputs is not None:
+            out["base_outputs"] = base_outputs
+        return out
+
+    def loss(self, outputs: dict, batch: dict, base_outputs: list[dict] | None = None) -> dict:
+        """{"silog": ensemble SILog, ("base_<name>": each base's own total, simultaneous
+        mode), "total"}. base_outputs defaults to outputs["base_outputs"]."""
+        gt = batch["depth"]
+        terms = {"silog": silog_loss(outputs["depth"], gt, valid_mask(gt, self.min_depth, self.max_depth))}
+        if self.mode == "simultaneous":
+            base_outputs = base_outputs if base_outputs is not None else outputs.get("base_outputs")
+            if base_outputs is None:
+                raise ModelError("simultaneous mode trains the bases, so it needs their outputs; "
+                                 "do not feed cached base depths", "meta.mode")
+            for name, base, out in zip(self.names, self.bases, base_outputs):
+                terms[f"base_{name}"] = base.loss(out, batch)["total"]
+        terms["total"] = sum(terms.values())
+        return terms
+
+    def param_groups(self, lr: float, base_lr_factor: float = 0.1) -> list[dict]:
+        """Optimiser groups: the bases at lr * base_lr_factor (unless frozen), then the meta at lr
+        (last, so a log of param_groups[-1]["lr"] shows the meta's rate)."""
+        groups = []
+        if self.mode != "freeze":
+            groups.append({"params": [p for p in self.bases.parameters() if p.requires_grad],
+                           "lr": lr * float(base_lr_factor), "name": "bases"})
+        groups.append({"params": [p for p in self.meta.parameters() if p.requires_grad], "lr": lr, "name": "meta"})
+        return groups
+
+    def selectable_layers(self) -> "OrderedDict[str, nn.Module]":
+        """The meta U-Net's stages: enc_0..enc_4, center, dec_0..dec_4."""
+        return self.meta.selectable_layers()

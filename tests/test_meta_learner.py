@@ -1,0 +1,307 @@
+"""The weighting U-Net, the stacked ensemble's modes and the averaging baselines, on tiny
+stand-in base learners defined here (two convs each)."""
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from base_learners.common import DepthLearner
+from ensemble_mde.errors import ModelError
+from ensemble_mde.losses import silog_loss
+from meta_learner import (BASELINES, MeanEnsemble, MedianEnsemble, OracleEnsemble, StackedEnsemble,
+                          WeightedEnsemble, WeightingUNet, blend)
+
+H, W = 32, 48
+SMALL_UNET = dict(center_channels=16, decoder_channels=(16, 8, 8, 8, 8))
+
+
+class TinyLearner(DepthLearner):
+    """conv -> BN -> ReLU -> conv -> sigmoid * max_depth; loss = masked L1 (+ "total")."""
+
+    def __init__(self, seed: int):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.conv2 = nn.Conv2d(4, 1, 3, padding=1)
+
+    def forward(self, rgb):
+        return {"depth": torch.sigmoid(self.conv2(torch.relu(self.bn(self.conv1(self.normalize(rgb)))))) * self.max_depth}
+
+    def loss(self, outputs, batch):
+        mask = self.valid(batch["depth"])
+        l1 = (outputs["depth"] - batch["depth"])[mask].abs().mean()
+        return {"l1": l1, "total": l1}
+
+
+def make_batch(seed: int = 0, b: int = 2) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    depth = 0.5 + 9.0 * torch.rand(b, 1, H, W, generator=g)
+    depth[:, :, :4] = 0.0  # a band of invalid ground truth
+    return {"rgb": torch.rand(b, 3, H, W, generator=g), "depth": depth}
+
+
+def make_ensemble(mode: str, k: int = 2) -> StackedEnsemble:
+    bases = [TinyLearner(seed=i) for i in range(k)]
+    torch.manual_seed(100)
+    meta = WeightingUNet(k, "rgb+d", **SMALL_UNET)
+    return StackedEnsemble(bases, meta, [f"tiny{i}" for i in range(k)], mode=mode)
+
+
+def state_copy(module: nn.Module) -> dict:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def train_steps(model: StackedEnsemble, steps: int = 3, lr: float = 1e-2, base_lr_factor: float = 0.1) -> None:
+    """What the engine does: model.train(), forward, loss, backward, AdamW step."""
+    optimizer = torch.optim.AdamW(model.param_groups(lr, base_lr_factor), lr=lr)
+    model.train()
+    for step in range(steps):
+        batch = make_batch(seed=step)
+        terms = model.loss(model(batch["rgb"]), batch)
+        optimizer.zero_grad(set_to_none=True)
+        terms["total"].backward()
+        optimizer.step()
+
+
+# ---------------------------------------------------------------- WeightingUNet
+
+@pytest.mark.parametrize("inputs, channels", [("rgb", 3), ("d", 3), ("rgb+d", 6)])
+def test_unet_input_channels_and_output_shape(inputs, channels):
+    k = 3
+    unet = WeightingUNet(k, inputs, **SMALL_UNET)
+    assert unet.in_channels == channels
+    assert unet.encoder.model.conv_stem.weight.shape[1] == channels
+    rgb = torch.rand(2, 3, 37, 50)         # not a multiple of 32: padded inside, cropped back
+    depths = 10 * torch.rand(2, k, 37, 50)
+    weights = unet(rgb if "rgb" in inputs else None, depths if "d" in inputs else None)
+    assert weights.shape == (2, k, 37, 50)
+
+
+def test_unet_weights_are_a_softmax_over_learners():
+    k = 3
+    unet = WeightingUNet(k, "rgb+d", **SMALL_UNET).eval()
+    torch.manual_seed(0)
+    nn.init.normal_(unet.head.weight, std=0.5)     # a trained-looking head: weights vary per pixel
+    rgb, depths = torch.rand(2, 3, H, W), 10 * torch.rand(2, k, H, W)
+    with torch.no_grad():
+        weights = unet(rgb, depths)
+    torch.testing.assert_close(weights.sum(dim=1), torch.ones(2, H, W), rtol=0, atol=1e-6)
+    assert bool((weights >= 0).all())
+    assert float(weights.std(dim=(2, 3)).min()) > 1e-4   # not constant over the image
+
+
+def test_fresh_unet_starts_as_the_mean():
+    k = 3
+    unet = WeightingUNet(k, "rgb+d", **SMALL_UNET).eval()
+    depths = 10 * torch.rand(1, k, H, W)
+    weights = unet(torch.rand(1, 3, H, W), depths)
+    torch.testing.assert_close(weights, torch.full_like(weights, 1 / 3))
+    torch.testing.assert_close(blend(weights, depths), MeanEnsemble()(depths))
+
+
+def test_unet_depth_inputs_are_scaled_by_max_depth():
+    unet = WeightingUNet(2, "d", max_depth=8.0, **SMALL_UNET)
+    depths = torch.tensor([2.0, 8.0]).view(1, 2, 1, 1).expand(1, 2, 4, 4)
+    torch.testing.assert_close(unet.network_input(None, depths)[0, :, 0, 0], torch.tensor([0.25, 1.0]))
+    rgb_unet = WeightingUNet(2, "rgb", **SMALL_UNET)
+    grey = torch.full((1, 3, 2, 2), 0.485)      # ImageNet mean of the red channel -> 0 after normalising
+    assert float(rgb_unet.network_input(grey, None)[0, 0, 0, 0]) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_unet_rejects_bad_arguments():
+    with pytest.raises(ModelError, match="inputs"):
+        WeightingUNet(3, "depth")
+    with pytest.raises(ModelError, match="decoder_channels"):
+        WeightingUNet(3, "rgb", center_channels=16, decoder_channels=(8, 8))
+    unet = WeightingUNet(3, "rgb+d", **SMALL_UNET)
+    with pytest.raises(ModelError, match="base depths"):
+        unet(torch.rand(1, 3, H, W), torch.rand(1, 2, H, W))
+
+
+def test_unet_loads_local_encoder_weights_widening_the_first_conv(tmp_path):
+    import timm
+
+    torch.manual_seed(3)
+    classifier = timm.create_model("ghostnet_100", pretrained=False)   # what an ImageNet checkpoint holds
+    path = tmp_path / "ghostnet_100.pth"
+    torch.save(classifier.state_dict(), path)
+    unet = WeightingUNet(2, "rgb+d", pretrained_path=path, **SMALL_UNET)
+    rgb_filters = classifier.conv_stem.weight
+    stem = unet.encoder.model.conv_stem.weight
+    assert torch.equal(stem[:, :3], rgb_filters)
+    torch.testing.assert_close(stem[:, 3], rgb_filters.mean(dim=1))
+    torch.testing.assert_close(stem[:, 4], rgb_filters.mean(dim=1))
+    deep = "ghost1.primary_conv.0.weight"
+    assert torch.equal(unet.encoder.model.state_dict()[f"blocks_7.0.{deep}"], classifier.state_dict()[f"blocks.7.0.{deep}"])
+
+
+@pytest.mark.parametrize("inputs", ["rgb", "d", "rgb+d"])
+def test_unet_within_budget_at_416x544(inputs):
+    """Acceptance: <= 4.3M params and <= 1.7 G mult-adds (flops/2, torch.utils.flop_counter,
+    convolutions and linear layers) at 416x544 with K=3, counted at that size."""
+    unet = WeightingUNet(3, inputs).eval()
+    params = sum(p.numel() for p in unet.parameters())
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        unet(torch.rand(1, 3, 416, 544), 10 * torch.rand(1, 3, 416, 544))
+    gmacs = counter.get_total_flops() / 2 / 1e9
+    assert params <= 4.3e6, params
+    assert gmacs <= 1.7, gmacs
+
+
+def test_selectable_layers_name_encoder_and_decoder_stages():
+    model = make_ensemble("freeze")
+    layers = model.selectable_layers()
+    assert list(layers) == [f"enc_{i}" for i in range(5)] + ["center"] + [f"dec_{i}" for i in range(5)]
+    seen = {}
+
+    def record(name):
+        def hook(module, inputs, output):
+            seen[name] = output.shape
+        return hook
+
+    hooks = [m.register_forward_hook(record(n)) for n, m in layers.items()]
+    model.eval()(torch.rand(1, 3, 64, 64))
+    for h in hooks:
+        h.remove()
+    assert [seen[f"enc_{i}"][-1] for i in range(5)] == [32, 16, 8, 4, 2]      # strides 2..32
+    assert [seen[f"dec_{i}"][-1] for i in range(5)] == [4, 8, 16, 32, 64]     # strides 16..1
+
+
+# ---------------------------------------------------------------- blend and the ensemble
+
+def test_blend_hand_computed():
+    weights = torch.tensor([0.25, 0.75]).view(1, 2, 1, 1)
+    depths = torch.tensor([[2.0, 4.0], [1.0, 3.0]]).view(1, 2, 1, 2)   # learner 0: (2, 4), learner 1: (1, 3)
+    torch.testing.assert_close(blend(weights, depths), torch.tensor([1.25, 3.25]).view(1, 1, 1, 2))
+
+
+def test_one_hot_weights_reproduce_that_base_exactly():
+    depths = 10 * torch.rand(2, 3, H, W)
+    choice = torch.randint(0, 3, (2, 1, H, W))
+    one_hot = torch.zeros(2, 3, H, W).scatter_(1, choice, 1.0)
+    assert torch.equal(blend(one_hot, depths), depths.gather(1, choice))
+    for k in range(3):
+        only_k = torch.zeros(2, 3, H, W)
+        only_k[:, k] = 1.0
+        assert torch.equal(blend(only_k, depths), depths[:, k:k + 1])
+
+
+def test_ensemble_outputs_and_cached_depths_skip_the_bases():
+    model = make_ensemble("freeze", k=2).eval()
+    rgb = torch.rand(2, 3, H, W)
+    out = model(rgb)
+    assert out["depth"].shape == (2, 1, H, W) and out["weights"].shape == (2, 2, H, W)
+    expected = torch.cat([base(rgb)["depth"] for base in model.bases], dim=1)
+    torch.testing.assert_close(out["base_depths"], expected)
+    torch.testing.assert_close(out["depth"], blend(out["weights"], expected))
+
+    calls = []
+    hooks = [b.register_forward_hook(lambda *a: calls.append(1)) for b in model.bases]
+    cached = 1.0 + torch.rand(2, 2, H, W)
+    out = model(rgb, base_depths=cached)
+    assert calls == [] and "base_outputs" not in out
+    assert torch.equal(out["base_depths"], cached)
+    for h in hooks:
+        h.remove()
+
+
+def test_freeze_keeps_bases_bit_identical_while_the_meta_trains():
+    model = make_ensemble("freeze")
+    bases_before, meta_before = state_copy(model.bases), state_copy(model.meta)
+    train_steps(model)
+    assert not any(b.training for b in model.bases) and model.meta.training
+    bases_after = model.bases.state_dict()
+    assert all(torch.equal(bases_before[k], bases_after[k]) for k in bases_before)   # BN running stats too
+    assert not all(torch.equal(meta_before[k], v) for k, v in model.meta.state_dict().items())
+    assert [g["name"] for g in model.param_groups(1e-3, 0.1)] == ["meta"]
+    assert not any(p.requires_grad for p in model.bases.parameters())
+
+
+def test_finetune_trains_bases_at_a_lower_learning_rate():
+    model = make_ensemble("finetune")
+    groups = model.param_groups(1e-3, 0.1)
+    assert [(g["name"], g["lr"]) for g in groups] == [("bases", pytest.approx(1e-4)), ("meta", 1e-3)]
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+    before = state_copy(model.bases)
+    train_steps(model)
+    assert all(b.training for b in model.bases)
+    changed = [k for k, v in model.bases.state_dict().items() if not torch.equal(before[k], v)]
+    assert any(k.endswith("conv1.weight") for k in changed)
+
+
+def test_loss_terms_per_mode():
+    batch = make_batch()
+    freeze = make_ensemble("freeze")
+    out = freeze(batch["rgb"])
+    terms = freeze.loss(out, batch)
+    assert set(terms) == {"silog", "total"}
+    valid = (batch["depth"] > 1e-3) & (batch["depth"] < 10.0)
+    torch.testing.assert_close(terms["total"], silog_loss(out["depth"], batch["depth"], valid))
+
+    simultaneous = make_ensemble("simultaneous")
+    out = simultaneous(batch["rgb"])
+    terms = simultaneous.loss(out, batch)
+    assert set(terms) == {"silog", "base_tiny0", "base_tiny1", "total"}
+    own = [b.loss(o, batch)["total"] for b, o in zip(simultaneous.bases, out["base_outputs"])]
+    torch.testing.assert_close(terms["base_tiny0"], own[0])
+    torch.testing.assert_close(terms["total"], terms["silog"] + own[0] + own[1])
+    with pytest.raises(ModelError, match="simultaneous"):
+        simultaneous.loss(simultaneous(batch["rgb"], base_depths=out["base_depths"].detach()), batch)
+
+
+def test_simultaneous_trains_bases_and_meta_together():
+    model = make_ensemble("simultaneous")
+    bases_before, meta_before = state_copy(model.bases), state_copy(model.meta)
+    train_steps(model, base_lr_factor=1.0)
+    assert not all(torch.equal(bases_before[k], v) for k, v in model.bases.state_dict().items())
+    assert not all(torch.equal(meta_before[k], v) for k, v in model.meta.state_dict().items())
+
+
+def test_ensemble_rejects_mismatched_parts():
+    with pytest.raises(ModelError, match="weights for"):
+        StackedEnsemble([TinyLearner(0), TinyLearner(1)], WeightingUNet(3, "rgb", **SMALL_UNET), ["a", "b"])
+    with pytest.raises(ModelError, match="unique name"):
+        StackedEnsemble([TinyLearner(0), TinyLearner(1)], WeightingUNet(2, "rgb", **SMALL_UNET), ["a", "a"])
+    with pytest.raises(ModelError, match="mode"):
+        make_ensemble("frozen")
+
+
+# ---------------------------------------------------------------- baselines
+
+# Three learners, three pixels: (1, 2, 6), (4, 3, 5), (9, 7, 8) metres.
+DEPTHS = torch.tensor([[1.0, 4.0, 9.0], [2.0, 3.0, 7.0], [6.0, 5.0, 8.0]]).view(1, 3, 1, 3)
+
+
+def test_mean_and_median_hand_computed():
+    torch.testing.assert_close(MeanEnsemble()(DEPTHS), torch.tensor([3.0, 4.0, 8.0]).view(1, 1, 1, 3))
+    torch.testing.assert_close(MedianEnsemble()(DEPTHS), torch.tensor([2.0, 4.0, 8.0]).view(1, 1, 1, 3))
+    four = torch.tensor([1.0, 2.0, 6.0, 10.0]).view(1, 4, 1, 1)       # even K: mean of the middle two
+    assert float(MedianEnsemble()(four)) == 4.0
+
+
+def test_weighted_by_inverse_validation_rmse_hand_computed():
+    weighted = WeightedEnsemble([0.5, 1.0, 2.0])          # 1/rmse = 2, 1, 0.5 -> 4/7, 2/7, 1/7
+    torch.testing.assert_close(weighted.weights, torch.tensor([4 / 7, 2 / 7, 1 / 7]))
+    expected = torch.tensor([(4 * 1 + 2 * 2 + 6) / 7, (16 + 6 + 5) / 7, (36 + 14 + 8) / 7]).view(1, 1, 1, 3)
+    torch.testing.assert_close(weighted(DEPTHS), expected)
+    with pytest.raises(ModelError, match="RMSE"):
+        WeightedEnsemble([0.5, 0.0, 1.0])
+    with pytest.raises(ModelError):
+        WeightedEnsemble([0.5, 1.0])(DEPTHS)              # two weights for three learners
+
+
+def test_oracle_picks_the_nearest_base_and_falls_back_to_the_mean():
+    gt = torch.tensor([2.2, 0.0, 9.4]).view(1, 1, 1, 3)   # pixel 1 has no ground truth
+    oracle = OracleEnsemble()
+    assert oracle.needs_gt and oracle.upper_bound
+    torch.testing.assert_close(oracle(DEPTHS, gt), torch.tensor([2.0, 4.0, 9.0]).view(1, 1, 1, 3))
+    with pytest.raises(ModelError, match="ground-truth"):
+        oracle(DEPTHS)
+
+
+def test_baseline_registry():
+    assert set(BASELINES) == {"mean", "median", "weighted", "oracle"}
+    assert BASELINES["weighted"]([1.0, 1.0, 1.0])(DEPTHS).shape == (1, 1, 1, 3)
+    assert not BASELINES["mean"]().upper_bound

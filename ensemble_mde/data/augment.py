@@ -1,0 +1,131 @@
+"""Training augmentation, the BTS/AdaBins recipe (DESIGN.md §3).
+
+Random rotation in [-rotate_deg, rotate_deg] (bilinear RGB, nearest depth, so depth never
+blends across edges; pixels rotated in from outside the frame are 0 = no depth), random
+crop of `crop_size` (auto = 416x544 scaled from 480x640 to the frame), horizontal flip,
+and with probability `color` brightness, contrast and per-channel colour factors drawn from
+`color_range`, on RGB only (clamped to [0, 1]).
+
+All random numbers come from the generator passed in; the dataset makes one per
+(run seed, epoch, sample index) with `augment_rng`, so a sample is augmented the same
+whatever the number of DataLoader workers, and a resumed run replays exactly. Extra
+per-pixel maps (e.g. cached base-learner depths [K,H,W]) get the same geometry.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ensemble_mde.errors import ConfigError
+
+REFERENCE_FRAME = (480, 640)  # NYU frame the BTS/AdaBins crop size refers to
+REFERENCE_CROP = (416, 544)
+
+
+@dataclass(frozen=True)
+class AugmentParams:
+    """One draw of the augmentation: angle in degrees (counter-clockwise), crop as
+    (top, left, height, width) in pixels of the rotated frame, flip, and colour as
+    (brightness, contrast, (r, g, b) factors) or None."""
+
+    angle: float
+    crop: tuple[int, int, int, int]
+    flip: bool
+    color: tuple[float, float, tuple[float, float, float]] | None
+
+
+def augment_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
+    """The generator that augments sample `index` in `epoch` of a run seeded `seed`."""
+    return np.random.default_rng([int(seed), int(epoch), int(index)])
+
+
+def crop_size(cfg_augment: dict, height: int, width: int) -> tuple[int, int]:
+    """[h, w] of the random crop for a height x width frame (the whole frame when crop is off)."""
+    if not cfg_augment["crop"]:
+        return height, width
+    size = cfg_augment["crop_size"]
+    if size == "auto":
+        return (min(height, round(height * REFERENCE_CROP[0] / REFERENCE_FRAME[0])),
+                min(width, round(width * REFERENCE_CROP[1] / REFERENCE_FRAME[1])))
+    if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(isinstance(v, int) and v > 0 for v in size)):
+        raise ConfigError(f"augment.crop_size must be auto or [H, W] in pixels, got {size!r}", "augment.crop_size")
+    if size[0] > height or size[1] > width:
+        raise ConfigError(f"augment.crop_size {size[0]}x{size[1]} is larger than the {height}x{width} frame",
+                          "augment.crop_size")
+    return int(size[0]), int(size[1])
+
+
+def draw_params(rng: np.random.Generator, cfg_augment: dict, height: int, width: int) -> AugmentParams:
+    """Draw one augmentation for a height x width frame from `rng`."""
+    limit = float(cfg_augment["rotate_deg"])
+    angle = float(rng.uniform(-limit, limit)) if limit > 0 else 0.0
+    ch, cw = crop_size(cfg_augment, height, width)
+    top = int(rng.integers(0, height - ch + 1))
+    left = int(rng.integers(0, width - cw + 1))
+    flip = bool(rng.random() < float(cfg_augment["flip"]))
+    color = None
+    if rng.random() < float(cfg_augment["color"]):
+        lo, hi = (float(v) for v in cfg_augment["color_range"])
+        brightness, contrast = (float(v) for v in rng.uniform(lo, hi, size=2))
+        color = (brightness, contrast, tuple(float(v) for v in rng.uniform(lo, hi, size=3)))
+    return AugmentParams(angle=angle, crop=(top, left, ch, cw), flip=flip, color=color)
+
+
+def rotate(maps: torch.Tensor, angle_deg: float, mode: str) -> torch.Tensor:
+    """[C,H,W] rotated counter-clockwise by `angle_deg` about the frame centre; `mode`
+    "bilinear" or "nearest"; pixels from outside the frame are 0."""
+    c, h, w = maps.shape
+    a = math.radians(angle_deg)
+    ys = torch.arange(h, dtype=torch.float32) + 0.5 - h / 2
+    xs = torch.arange(w, dtype=torch.float32) + 0.5 - w / 2
+    y, x = torch.meshgrid(ys, xs, indexing="ij")
+    # Output pixel (x, y) samples the source at the point rotated back by -angle (y points down).
+    src_x = math.cos(a) * x - math.sin(a) * y
+    src_y = math.sin(a) * x + math.cos(a) * y
+    grid = torch.stack((src_x / (w / 2), src_y / (h / 2)), dim=-1)[None]
+    out = F.grid_sample(maps[None].float(), grid, mode=mode, padding_mode="zeros", align_corners=False)
+    return out[0].to(maps.dtype)
+
+
+def warp(maps: torch.Tensor, params: AugmentParams, mode: str) -> torch.Tensor:
+    """The geometric part of `params` (rotate, crop, flip) applied to [C,H,W] maps."""
+    if params.angle:
+        maps = rotate(maps, params.angle, mode)
+    top, left, h, w = params.crop
+    maps = maps[:, top:top + h, left:left + w]
+    return maps.flip(-1) if params.flip else maps.contiguous()
+
+
+def jitter_color(rgb: torch.Tensor, color: tuple[float, float, tuple[float, float, float]]) -> torch.Tensor:
+    """[3,H,W] in [0,1] scaled by brightness, contrast around its mean, per-channel factors; clamped."""
+    brightness, contrast, channels = color
+    out = rgb * brightness
+    mean = out.mean()
+    out = (out - mean) * contrast + mean
+    out = out * torch.tensor(channels, dtype=rgb.dtype).view(3, 1, 1)
+    return out.clamp_(0.0, 1.0)
+
+
+def augment_sample(sample: dict, rng: np.random.Generator, cfg_augment: dict,
+                   extra_maps: dict[str, torch.Tensor] | None = None, extra_mode: str = "bilinear") -> dict:
+    """A new sample dict with `rgb` [3,H,W] and `depth` [1,H,W] augmented; each extra map
+    ([K,H,W] at the same H,W, e.g. {"base_depths": cached predictions}) gets the same
+    rotation/crop/flip with `extra_mode` ("bilinear" or "nearest") and is added under its key.
+    Other keys (name, scene, focal, index) are copied unchanged."""
+    h, w = sample["rgb"].shape[-2:]
+    params = draw_params(rng, cfg_augment, h, w)
+    out = dict(sample)
+    out["rgb"] = warp(sample["rgb"], params, "bilinear").clamp(0.0, 1.0)
+    out["depth"] = warp(sample["depth"], params, "nearest")
+    if params.color is not None:
+        out["rgb"] = jitter_color(out["rgb"], params.color)
+    for key, maps in (extra_maps or {}).items():
+        if tuple(maps.shape[-2:]) != (h, w):
+            raise ValueError(f"extra map {key!r} is {tuple(maps.shape[-2:])}, the frame is {(h, w)}")
+        out[key] = warp(maps, params, extra_mode)
+    return out

@@ -1,0 +1,374 @@
+"""The dataset every learner trains and is evaluated on, whatever the file format.
+
+    train_set = build_dataset(cfg, "train")            # augmented (cfg["augment"])
+    val_set = build_dataset(cfg, "val")                # scene-disjoint, carved from train
+    sample = train_set[0]  # rgb [3,H,W] in [0,1], depth [1,H,W] m (0 = invalid), name, scene, focal, index
+
+A source per format (DenseDepth CSVs in a folder or zip, BTS list files, the labeled .mat)
+lists the records of each split and loads a frame; `DepthDataset` validates the frame,
+resizes it to `data.size` and augments it.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ensemble_mde.data import readers
+from ensemble_mde.data.augment import augment_rng, augment_sample
+from ensemble_mde.data.readers import NYU_FOCAL, NYU_WIDTH, Record
+from ensemble_mde.errors import ConfigError, DataError
+
+SPLITS = ("train", "val", "test")
+LABELED_FRAMES = 1449
+LABELED_SCENE_BLOCK = 10  # frames per pseudo-scene when the .mat has no `scenes` dataset
+
+
+# --------------------------------------------------------------------------- sources
+
+class ImagePairSource:
+    """Sources whose frames are an RGB image file and a depth PNG in `self.store`."""
+
+    def missing(self, records: list[Record]) -> list[str]:
+        return [self.store.where(k) for r in records for k in (r.rgb, r.depth) if not self.store.exists(k)]
+
+    def load(self, record: Record) -> tuple[torch.Tensor, np.ndarray, str]:
+        rgb = readers.load_rgb(self.store.read(record.rgb), self.store.where(record.rgb))
+        depth, bits = readers.read_depth_png(self.store.read(record.depth), self.store.where(record.depth))
+        return rgb, depth, "16-bit PNG, mm" if bits == 16 else "8-bit PNG, v/255*10 m"
+
+    def where(self, key: str) -> str:
+        return self.store.where(key)
+
+
+class DenseDepthSource(ImagePairSource):
+    """DenseDepth/Kaggle `nyu_data` layout, unpacked or as the zip: `data/nyu2_{train,test}.csv`
+    (no header, `rgb,depth` relative to the folder holding `data/`), plus `data/nyu2_val.csv`
+    when the dataset brings its own validation split (synthetic data does)."""
+
+    format = "densedepth"
+
+    def __init__(self, path: Path):
+        path = Path(path)
+        if path.is_file():
+            self.store = readers.ZipStore(path)
+            self.prefix = readers.zip_prefix(self.store.names, path)
+            self.root = str(path)
+        else:
+            root = readers.densedepth_root(path)
+            if root is None:
+                raise DataError("no data/nyu2_train.csv or data/nyu2_test.csv (DenseDepth layout)", path)
+            self.store = readers.FolderStore()
+            self.prefix = str(root) + "/"
+            self.root = str(root)
+        self.is_synthetic = self.store.exists(self._key(readers.SYNTHETIC_MARKER))
+
+    def _key(self, rel: str) -> str:
+        return self.prefix + rel.replace("\\", "/").lstrip("/")
+
+    def listing(self, split: str) -> str:
+        return self.store.where(self._key(readers.DENSEDEPTH_CSV[split]))
+
+    def has(self, split: str) -> bool:
+        return self.store.exists(self._key(readers.DENSEDEPTH_CSV[split]))
+
+    def records(self, split: str) -> list[Record]:
+        if not self.has(split):
+            raise DataError(f"no {split} split: {readers.DENSEDEPTH_CSV[split]} is missing", self.root)
+        key = self._key(readers.DENSEDEPTH_CSV[split])
+        try:
+            text = self.store.read(key).decode("utf-8")
+        except UnicodeDecodeError:
+            raise DataError("not a UTF-8 text file", self.store.where(key)) from None
+        out = []
+        for rgb, depth in readers.read_csv_pairs(text, self.store.where(key)):
+            stem = rgb.rsplit(".", 1)[0]
+            name = stem[len("data/"):] if stem.startswith("data/") else stem
+            out.append(Record(name=name, scene=densedepth_scene(rgb), rgb=self._key(rgb), depth=self._key(depth)))
+        return out
+
+
+def densedepth_scene(rgb_path: str) -> str:
+    """`data/nyu2_train/<scene>_out/<n>.jpg` -> scene; files directly in `nyu2_test/` -> "test"."""
+    folder = Path(rgb_path.replace("\\", "/")).parent.name
+    if folder.endswith("_out"):
+        return folder[: -len("_out")]
+    return "test" if folder == "nyu2_test" else folder
+
+
+class BtsSource(ImagePairSource):
+    """BTS/AdaBins list files (`<rgb> <depth> <focal>` lines). `data.path` is a list file or
+    a folder holding them (train/test picked by the name; data.train_list/test_list
+    override). Image paths are relative to data.train_root/test_root when set, else to
+    the list file's folder, else to data.path (the first that holds the list's first image)."""
+
+    format = "bts"
+    is_synthetic = False
+
+    def __init__(self, cfg_data: dict):
+        self.path = Path(cfg_data["path"])
+        self.cfg = cfg_data
+        self.root = str(self.path)
+        self.store = readers.FolderStore()
+
+    def _list(self, split: str) -> Path:
+        key = "test" if split == "test" else "train"
+        configured = self.cfg.get(f"{key}_list")
+        if configured:
+            if not Path(configured).is_file():
+                raise DataError(f"data.{key}_list not found", configured)
+            return Path(configured)
+        if self.path.is_file() and readers.list_keyword(self.path) in (key, None):
+            return self.path
+        folder = self.path.parent if self.path.is_file() else self.path
+        found = [p for p in readers.bts_lists_in(folder) if readers.list_keyword(p) == key]
+        if len(found) == 1:
+            return found[0]
+        what = f"{len(found)} {key} list files" if found else f"no {key} list file"
+        raise DataError(f"no {split} split: {what} (*{key}*.txt of '<rgb> <depth> <focal>' lines) here; "
+                        f"set data.{key}_list", folder)
+
+    def listing(self, split: str) -> str:
+        return str(self._list(split))
+
+    def has(self, split: str) -> bool:
+        """Train and test have list files; validation is always carved from train."""
+        if split == "val":
+            return False
+        try:
+            self._list(split)
+        except DataError:
+            return False
+        return True
+
+    def _image_root(self, split: str, list_file: Path, first_rgb: str | None) -> Path:
+        configured = self.cfg.get("test_root" if split == "test" else "train_root")
+        if configured:
+            return Path(configured)
+        candidates = [list_file.parent] + ([self.path] if self.path.is_dir() else [])
+        for root in candidates:
+            if first_rgb is not None and (root / first_rgb).is_file():
+                return root
+        return candidates[0]
+
+    def records(self, split: str) -> list[Record]:
+        list_file = self._list(split)
+        rows = readers.read_bts_list(list_file)
+        root = self._image_root(split, list_file, rows[0][0] if rows else None)
+        return [Record(name=rgb.rsplit(".", 1)[0], scene=rgb.split("/", 1)[0], rgb=str(root / rgb),
+                       depth=str(root / depth), focal=focal) for rgb, depth, focal in rows]
+
+
+class LabeledSource:
+    """`nyu_depth_v2_labeled.mat` with the official 795/654 split (1-based frame numbers
+    shipped as nyu_labeled_{train,test}.txt, read from NYU's splits.mat). Train/val GT is
+    `depths` (in-painted), test GT `rawDepths` (holes = 0).
+
+    Scenes come from the file's `scenes` cell array. A file without it falls back to
+    pseudo-scenes of LABELED_SCENE_BLOCK consecutive frame numbers (NYU stores a scene's
+    frames consecutively, so a real scene straddles at most two blocks)."""
+
+    format = "nyu_labeled"
+    is_synthetic = False
+
+    def __init__(self, path: Path):
+        self.mat = readers.LabeledMat(path)
+        self.root = str(path)
+        if self.mat.frames != LABELED_FRAMES:
+            raise DataError(f"has {self.mat.frames} frames; the official NYU split needs {LABELED_FRAMES}", path)
+        self._scenes = self.mat.scenes()
+
+    def listing(self, split: str) -> str:
+        return f"nyu_labeled_{'test' if split == 'test' else 'train'}.txt (packaged official split)"
+
+    def has(self, split: str) -> bool:
+        return split in ("train", "test")
+
+    def records(self, split: str) -> list[Record]:
+        if not self.has(split):
+            raise DataError(f"no separate {split} split in the labeled .mat", self.root)
+        text = resources.files("ensemble_mde.data").joinpath(f"nyu_labeled_{split}.txt").read_text()
+        depth_set = "rawDepths" if split == "test" else "depths"
+        out = []
+        for number in (int(v) for v in text.split()):
+            i = number - 1
+            if self._scenes is not None:
+                scene = self._scenes[i]
+            else:
+                start = (i // LABELED_SCENE_BLOCK) * LABELED_SCENE_BLOCK + 1
+                scene = f"frames_{start:04d}-{start + LABELED_SCENE_BLOCK - 1:04d}"
+            out.append(Record(name=f"{number:04d}", scene=scene, rgb=f"images/{i}", depth=f"{depth_set}/{i}"))
+        return out
+
+    def missing(self, records: list[Record]) -> list[str]:
+        return []
+
+    def load(self, record: Record) -> tuple[torch.Tensor, np.ndarray, str]:
+        rgb = torch.from_numpy(self.mat.frame(record.rgb)).float().div_(255.0)
+        depth = self.mat.frame(record.depth).astype(np.float32)
+        return rgb, depth, f"float metres ({record.depth.split('/')[0]})"
+
+    def where(self, key: str) -> str:
+        return self.mat.where(key)
+
+
+def open_source(cfg_data: dict):
+    """The source for data.path in data.format (detected when `auto`)."""
+    fmt = readers.resolve_format(cfg_data)
+    path = Path(cfg_data["path"])
+    if fmt == "densedepth":
+        return DenseDepthSource(path)
+    if fmt == "bts":
+        return BtsSource(cfg_data)
+    return LabeledSource(path)
+
+
+# --------------------------------------------------------------------------- splits
+
+def scene_split(scenes: list[str], fraction: float, seed: int) -> set[str]:
+    """Validation scenes: round(fraction x number of scenes) of the distinct scenes, drawn
+    with `seed`; at least one and at most all but one when there are >= 2 scenes, none
+    with a single scene."""
+    unique = sorted(set(scenes))
+    if len(unique) < 2:
+        return set()
+    n_val = min(len(unique) - 1, max(1, round(fraction * len(unique))))
+    order = np.random.default_rng(seed).permutation(len(unique))
+    return {unique[i] for i in order[:n_val]}
+
+
+def split_records(source, split: str, cfg_data: dict) -> list[Record]:
+    """Records of `split`. Validation is the source's own val split when it has one,
+    else whole scenes carved from train (data.val_fraction, data.val_seed); never test."""
+    if split not in SPLITS:
+        raise ConfigError(f"split {split!r} must be one of {', '.join(SPLITS)}", "split")
+    if split == "test" or source.has("val"):
+        return source.records(split)
+    fraction = float(cfg_data["val_fraction"])
+    if not 0.0 < fraction < 1.0:
+        raise ConfigError(f"data.val_fraction must be in (0, 1), got {fraction}", "data.val_fraction")
+    train = source.records("train")
+    val_scenes = scene_split([r.scene for r in train], fraction, int(cfg_data["val_seed"]))
+    if split == "val" and not val_scenes:
+        raise DataError(f"no val split: the train split has {len({r.scene for r in train})} scene(s); "
+                        "a scene-disjoint validation split needs at least 2", source.root)
+    return [r for r in train if (r.scene in val_scenes) == (split == "val")]
+
+
+# --------------------------------------------------------------------------- dataset
+
+def _frame_size(cfg_data: dict) -> tuple[int, int] | None:
+    size = cfg_data.get("size")
+    if size is None:
+        return None
+    if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(isinstance(v, int) and v > 0 for v in size)):
+        raise ConfigError(f"data.size must be null or [H, W] in pixels, got {size!r}", "data.size")
+    return int(size[0]), int(size[1])
+
+
+def resize_frame(rgb: torch.Tensor, depth: torch.Tensor, focal: float, size: tuple[int, int]):
+    """RGB bilinear (antialiased), depth nearest (no blending across edges, holes stay 0);
+    focal scales with the width."""
+    h, w = rgb.shape[-2:]
+    if (h, w) == tuple(size):
+        return rgb, depth, focal
+    rgb = F.interpolate(rgb[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0].clamp_(0, 1)
+    depth = F.interpolate(depth[None], size=size, mode="nearest")[0]
+    return rgb, depth, focal * size[1] / w
+
+
+class DepthDataset(torch.utils.data.Dataset):
+    """Frames of one split as sample dicts: rgb float32 [3,H,W] in [0,1], depth float32
+    [1,H,W] metres (0 = invalid), name (unique id), scene, focal (px, scaled with any
+    resize), index. Frames are resized to `size` when given, then augmented when
+    `augment_cfg` is given (seeded per (seed, epoch, index): see `set_epoch`)."""
+
+    def __init__(self, records: list[Record], source, *, split: str, size: tuple[int, int] | None = None,
+                 augment_cfg: dict | None = None, seed: int = 0, min_depth: float = 1e-3, max_depth: float = 10.0):
+        self.records = list(records)
+        self.source = source
+        self.format = source.format
+        self.root = source.root
+        self.is_synthetic = bool(source.is_synthetic)
+        self.split = split
+        self.size = size
+        self.augment_cfg = augment_cfg
+        self.seed = int(seed)
+        self.epoch = 0
+        self.min_depth, self.max_depth = float(min_depth), float(max_depth)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Augmentation of every sample is drawn from (seed, epoch, index)."""
+        self.epoch = int(epoch)
+
+    def load_frame(self, index: int) -> tuple[torch.Tensor, torch.Tensor, float, str]:
+        """(rgb [3,H,W], depth [1,H,W] m, focal px, depth encoding) at the stored
+        resolution, checked: same size, at least one valid depth pixel."""
+        record = self.records[index]
+        rgb, depth, encoding = self.source.load(record)
+        if tuple(depth.shape) != tuple(rgb.shape[-2:]):
+            raise DataError(f"depth is {depth.shape[0]}x{depth.shape[1]} but its RGB "
+                            f"{self.source.where(record.rgb)} is {rgb.shape[1]}x{rgb.shape[2]}",
+                            self.source.where(record.depth))
+        if not np.any((depth > self.min_depth) & (depth < self.max_depth)):
+            raise DataError(f"depth map has no valid pixel (none in ({self.min_depth:g}, {self.max_depth:g}) m)",
+                            self.source.where(record.depth))
+        focal = record.focal if record.focal is not None else NYU_FOCAL * rgb.shape[-1] / NYU_WIDTH
+        return rgb, torch.from_numpy(depth)[None], float(focal), encoding
+
+    def __getitem__(self, index: int) -> dict:
+        record = self.records[index]
+        rgb, depth, focal, _ = self.load_frame(index)
+        if self.size is not None:
+            rgb, depth, focal = resize_frame(rgb, depth, focal, self.size)
+        sample = {"rgb": rgb, "depth": depth, "name": record.name, "scene": record.scene,
+                  "focal": focal, "index": index}
+        if self.augment_cfg is not None:
+            sample = augment_sample(sample, augment_rng(self.seed, self.epoch, index), self.augment_cfg)
+        return sample
+
+    def gt_size(self) -> tuple[int, int]:
+        """[H, W] of the ground truth this dataset returns (without augmentation)."""
+        if self.size is not None:
+            return self.size
+        return tuple(self.load_frame(0)[1].shape[-2:])
+
+
+def build_dataset(cfg: dict, split: str, augment: bool | None = None) -> DepthDataset:
+    """The `split` ("train", "val", "test") of the dataset cfg["data"] describes. Every
+    listed file must exist. augment defaults to split == "train" and augment.enabled."""
+    cfg_data = cfg["data"]
+    source = open_source(cfg_data)
+    records = split_records(source, split, cfg_data)
+    if not records:
+        raise DataError(f"the {split} split is empty ({source.listing(split)})", source.root)
+    missing = source.missing(records)
+    if missing:
+        more = f"; {len(missing) - 1} more missing" if len(missing) > 1 else ""
+        raise DataError(f"file not found (listed in {source.listing(split)}{more})", missing[0])
+    if augment is None:
+        augment = split == "train" and bool(cfg["augment"]["enabled"])
+    return DepthDataset(records, source, split=split, size=_frame_size(cfg_data),
+                        augment_cfg=cfg["augment"] if augment else None, seed=int(cfg["run"]["seed"]),
+                        min_depth=float(cfg_data["min_depth"]), max_depth=float(cfg_data["max_depth"]))
+
+
+def eigen_crop_default(cfg_data: dict, dataset: DepthDataset) -> bool:
+    """data.eigen_crop resolved: true/false as set; `auto` = on for real (non-synthetic)
+    NYU data whose GT has the 3:4 aspect of 480x640, off for synthetic data."""
+    value = cfg_data.get("eigen_crop", "auto")
+    if isinstance(value, bool):
+        return value
+    if value != "auto":
+        raise ConfigError(f"data.eigen_crop must be auto, true or false, got {value!r}", "data.eigen_crop")
+    if dataset.is_synthetic or len(dataset) == 0:
+        return False
+    h, w = dataset.gt_size()
+    return h * 4 == w * 3

@@ -1,0 +1,156 @@
+"""What is in a dataset: `check_dataset` (format, splits, resolution, depth encoding and
+range, holes, bad files) and `show_samples` (a grid of RGB / colourised depth)."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from ensemble_mde.data.dataset import SPLITS, DepthDataset, build_dataset, open_source, split_records
+from ensemble_mde.errors import ConfigError, DataError
+
+
+MAX_REPORTED_ERRORS = 1000  # problems listed in a report (error_count has them all)
+
+
+def evenly_spaced(n: int, k: int) -> list[int]:
+    """k indices spread evenly over range(n) (all of them when k >= n)."""
+    if n <= k:
+        return list(range(n))
+    return sorted(set(np.linspace(0, n - 1, k).round().astype(int).tolist()))
+
+
+def _frame_stats(dataset: DepthDataset, indices: list[int], errors: list[str]) -> dict:
+    sizes, encodings = Counter(), Counter()
+    zeros = pixels = 0
+    lo, hi = math.inf, -math.inf
+    read = 0
+    for i in indices:
+        try:
+            rgb, depth, _, encoding = dataset.load_frame(i)
+        except DataError as e:
+            errors.append(str(e))
+            continue
+        read += 1
+        sizes[f"{rgb.shape[1]}x{rgb.shape[2]}"] += 1
+        encodings[encoding] += 1
+        d = depth.numpy()
+        zeros += int((d <= 0).sum())
+        pixels += d.size
+        positive = d[d > 0]
+        lo, hi = min(lo, float(positive.min())), max(hi, float(positive.max()))
+    return {
+        "read": read,
+        "resolution": dict(sizes.most_common()),
+        "depth_encoding": dict(encodings.most_common()),
+        "depth_range_m": [round(lo, 4), round(hi, 4)] if read else None,
+        "hole_fraction": round(zeros / pixels, 4) if pixels else None,
+    }
+
+
+def check_dataset(cfg: dict, sample: int = 200) -> dict:
+    """Report on the dataset cfg["data"] describes. Every listed file's existence is
+    checked; up to `sample` evenly spaced frames per split are read for the statistics.
+    Problems go to report["errors"] (one line each, naming the file)."""
+    cfg_data = cfg["data"]
+    source = open_source(cfg_data)
+    report = {"path": str(cfg_data["path"]), "format": source.format, "synthetic": source.is_synthetic,
+              "splits": {}, "errors": []}
+    for split in SPLITS:
+        try:
+            records = split_records(source, split, cfg_data)
+        except DataError as e:
+            carved = split == "val" and not source.has("val") and "absent" in report["splits"]["train"]
+            report["splits"][split] = {"count": 0, "absent": "carved from train, which is absent" if carved else str(e)}
+            continue
+        missing = source.missing(records)
+        report["errors"] += [str(DataError(f"file not found (listed in {source.listing(split)})", m)) for m in missing]
+        lost = set(missing)
+        present = [r for r in records if source.where(r.rgb) not in lost and source.where(r.depth) not in lost]
+        dataset = DepthDataset(present, source, split=split, min_depth=float(cfg_data["min_depth"]),
+                               max_depth=float(cfg_data["max_depth"]))
+        report["splits"][split] = {"count": len(records), "scenes": len({r.scene for r in records}),
+                                   "missing_files": len(missing),
+                                   **_frame_stats(dataset, evenly_spaced(len(present), sample), report["errors"])}
+    report["error_count"] = len(report["errors"])
+    del report["errors"][MAX_REPORTED_ERRORS:]
+    if all("absent" in s for s in report["splits"].values()):
+        raise DataError("no split found: " + "; ".join(s["absent"] for s in report["splits"].values()),
+                        cfg_data["path"])
+    return report
+
+
+def format_report(report: dict) -> str:
+    """The human-readable form of a check_dataset report."""
+    kind = f"{report['format']} (synthetic)" if report["synthetic"] else report["format"]
+    lines = [f"{report['path']}: {kind}"]
+    for split, s in report["splits"].items():
+        if "absent" in s:
+            lines.append(f"  {split:<5}  absent ({s['absent']})")
+            continue
+        sizes = ", ".join(f"{k}" + (f" ({n})" if len(s["resolution"]) > 1 else "") for k, n in s["resolution"].items())
+        encodings = ", ".join(s["depth_encoding"])
+        lo_hi = s["depth_range_m"]
+        depth = f"{lo_hi[0]:.2f}-{lo_hi[1]:.2f} m" if lo_hi else "-"
+        holes = f"{100 * s['hole_fraction']:.1f}%" if s["hole_fraction"] is not None else "-"
+        lines.append(f"  {split:<5}  {s['count']} frames, {s['scenes']} scenes; {sizes or '-'} (HxW); "
+                     f"depth {encodings or '-'}, {depth}, holes {holes}; {s['read']} read")
+    if report["errors"]:
+        lines.append(f"{report['error_count']} problem(s):")
+        lines += [f"  {e}" for e in report["errors"][:20]]
+        if report["error_count"] > 20:
+            lines.append(f"  ... and {report['error_count'] - 20} more")
+    else:
+        lines.append("ok: every listed file is present and every frame read is valid")
+    return "\n".join(lines)
+
+
+def show_samples(cfg: dict, out: str | Path, *, n: int = 8, split: str | None = None,
+                 augment: bool = False) -> Path:
+    """Save a grid of `n` evenly spaced samples of `split` (default: train if present, else
+    test): RGB above colourised depth (invalid = black). Every sample is read before the
+    image is written, so a bad file leaves no output."""
+    from ensemble_mde.io import _atomic_replace
+    from ensemble_mde.visualize import DEPTH_CMAP, _mpl
+
+    out = Path(out)
+    fmt = out.suffix.lower().lstrip(".") or "png"
+    if split is None:
+        split = "train" if open_source(cfg["data"]).has("train") else "test"
+    dataset = build_dataset(cfg, split, augment=augment)
+    samples = [dataset[i] for i in evenly_spaced(len(dataset), max(1, n))]
+
+    plt = _mpl()
+    from matplotlib.colors import ListedColormap
+
+    cols = min(4, len(samples))
+    pair_rows = math.ceil(len(samples) / cols)
+    fig, axes = plt.subplots(2 * pair_rows, cols, figsize=(3.0 * cols, 4.6 * pair_rows), squeeze=False)
+    valid_max = max(float(s["depth"].max()) for s in samples)
+    vmax = min(float(cfg["data"]["max_depth"]), valid_max)
+    # The far end of DEPTH_CMAP is near-black: stop at 85% so far depth stays distinct from holes.
+    cmap = ListedColormap(plt.get_cmap(DEPTH_CMAP)(np.linspace(0.0, 0.85, 256)))
+    cmap.set_bad("black")
+    depth_axes = []
+    for ax in axes.ravel():
+        ax.set_axis_off()
+    for k, s in enumerate(samples):
+        top, bottom = axes[2 * (k // cols), k % cols], axes[2 * (k // cols) + 1, k % cols]
+        top.imshow(s["rgb"].permute(1, 2, 0).numpy())
+        top.set_title(s["name"][-32:], fontsize=7)
+        d = s["depth"][0].numpy()
+        im = bottom.imshow(np.ma.masked_less_equal(d, 0), cmap=cmap, vmin=0, vmax=vmax)
+        bottom.set_title(f"{s['scene'][:24]}  depth (m)", fontsize=7)
+        depth_axes.append(bottom)
+    fig.colorbar(im, ax=depth_axes, fraction=0.03, pad=0.02, label="m")
+    fig.suptitle(f"{dataset.root} ({split}{', augmented' if augment else ''})", fontsize=8)
+    try:
+        _atomic_replace(out, lambda f: fig.savefig(f, format=fmt, dpi=100))
+    except ValueError as e:
+        raise ConfigError(f"cannot write a {fmt!r} image ({e})", out) from None
+    finally:
+        plt.close(fig)
+    return out

@@ -53,11 +53,11 @@ def cache_key(base_hashes: list[str], data_id: str) -> str:
 
 def _pid_alive(pid: int) -> bool:
     try:
-        os.kill(pid, 0)
+        os.kill(pid, 0)          # signal 0: existence check only
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True
+    except PermissionError:      # alive, owned by someone else
+        pass
     return True
 
 
@@ -68,6 +68,13 @@ def _collate_frames(samples: list[dict]) -> dict:
         raise DataError(f"the prediction cache needs one frame size, found {sorted(sizes)}; "
                         "set data.size to resize the frames", "data.size")
     return {"rgb": torch.stack([s["rgb"] for s in samples]), "name": [str(s["name"]) for s in samples]}
+
+
+def require_unaugmented(dataset) -> None:
+    """The cache holds predictions of the plain frames; an augmenting dataset is refused."""
+    if getattr(dataset, "augment_cfg", None) is not None:
+        raise DataError("the prediction cache needs the un-augmented dataset "
+                        "(build_dataset(cfg, split, augment=False)); augmentation is applied afterwards")
 
 
 class PredictionCache:
@@ -100,7 +107,7 @@ class PredictionCache:
         except OSError:
             ok = False
         if not ok:
-            self.path.unlink()
+            self.path.unlink(missing_ok=True)
         return ok
 
     def _handle(self) -> h5py.File:
@@ -151,6 +158,7 @@ class PredictionCache:
         and write their depths; does nothing when the cache is already complete."""
         if self.complete:
             return self
+        require_unaugmented(dataset)
         self.close()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._remove_dead_partials()
@@ -206,6 +214,7 @@ class CachedMetaDataset(torch.utils.data.Dataset):
     `augment_rng(seed, epoch, index)` like the plain training set."""
 
     def __init__(self, dataset, cache: PredictionCache, cfg_augment: dict | None = None, seed: int = 0):
+        require_unaugmented(dataset)
         self.dataset = dataset
         self.cache = cache
         self.cfg_augment = cfg_augment if cfg_augment and cfg_augment.get("enabled", True) else None

@@ -210,3 +210,30 @@ def test_data_identity_covers_names_and_frame_size(tmp_path):
     assert base != data_identity(tmp_path, "bts", "train", names[::-1], (H, W))
     assert base != data_identity(tmp_path, "bts", "train", names, (H, W + 1))
     assert base != data_identity(tmp_path, "densedepth", "train", names, (H, W))
+
+
+def test_cached_training_set_augments_like_the_plain_training_set(synth_root, tmp_path):
+    """On the project's dataset: the cached set (un-augmented frames + augmentation here)
+    gives the same rgb/depth as the ordinary augmented training set, epoch by epoch."""
+    from ensemble_mde.config import load_config
+    from ensemble_mde.data import build_dataset
+
+    cfg = load_config(["defaults"], None, [f"data.path={synth_root}"])
+    plain = build_dataset(cfg, "train", augment=False)
+    augmented = build_dataset(cfg, "train")
+    bases = [TinyLearner(seed=0), TinyLearner(seed=1)]
+    data_id = data_identity(synth_root, "densedepth", "train", [r.name for r in plain.records],
+                            tuple(plain[0]["rgb"].shape[-2:]))
+    cache = PredictionCache.open(tmp_path, ["hash0", "hash1"], data_id).fill(plain, bases, batch_size=8, progress=False)
+    cached = CachedMetaDataset(plain, cache, cfg["augment"], seed=cfg["run"]["seed"])
+    for epoch in (0, 1):
+        cached.set_epoch(epoch)
+        augmented.set_epoch(epoch)
+        for i in range(3):
+            want, got = augmented[i], cached[i]
+            assert torch.equal(got["rgb"], want["rgb"]) and torch.equal(got["depth"], want["depth"])
+            assert got["base_depths"].shape == (2, *want["rgb"].shape[-2:])
+    with pytest.raises(DataError, match="un-augmented"):
+        CachedMetaDataset(augmented, cache)
+    with pytest.raises(DataError, match="un-augmented"):
+        PredictionCache.open(tmp_path, ["other"], data_id).fill(augmented, bases, progress=False)

@@ -1,0 +1,1000 @@
+"""Synthetic NYU-like indoor scenes: the embedded default dataset (DESIGN.md §3).
+
+A room is a box of random size holding furniture-like boxes (against the walls, or
+free-standing and rotated about the vertical axis; tables are a top and four legs),
+cylinders, spheres, rugs, pictures, a door and a window, with procedural textures
+(checker, stripes, value noise, wood planks, tiles, bricks) and one ceiling lamp: a
+point light with Lambertian shading and hard shadows, plus ambient light. A pinhole
+camera with NYU's intrinsics (scaled to the output size) looks into the room from
+several poses. The ray caster is vectorised over the whole image; each primitive is
+intersected only inside the image rectangle its bounds project to. Depth is the exact
+z-depth along the optical axis in metres (as NYU's), within [0.5, 10] at every pixel.
+
+Every frame is a pure function of (seed, split, frame index), so rooms render in
+parallel processes and the files are byte-identical for any number of workers. The
+output is the DenseDepth layout with 16-bit millimetre depth PNGs, which the
+`densedepth` reader serves.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import functools
+import math
+import multiprocessing
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ensemble_mde.errors import ConfigError
+from ensemble_mde.io import atomic_write_json, atomic_write_text
+
+SYNTH_VERSION = 1
+NYU_FX, NYU_FY, NYU_CX, NYU_CY = 518.8579, 519.4696, 325.5824, 253.7362  # pixels at 640x480
+MIN_DEPTH, MAX_DEPTH = 0.5, 10.0  # metres; every pixel of every frame lies in this range
+VIEWS_PER_ROOM = 6
+SPLITS = ("train", "val", "test")
+_SPLIT_CODE = {"train": 0, "val": 1, "test": 2}
+_JPEG_QUALITY = 95
+_PNG_COMPRESS = 1
+_MAX_POSE_TRIES = 500
+_ROOM_FACES = 6  # surface ids 0..5 are floor, ceiling, walls x=0, x=Lx, y=0, y=Ly; objects follow
+_WRAP = 65536.0  # texel offset (a multiple of every texture side) that keeps texture indices positive
+_F32 = np.float32
+
+
+def intrinsics(size: tuple[int, int]) -> tuple[float, float, float, float]:
+    """NYU's (fx, fy, cx, cy) in pixels, scaled from 640x480 to size = (H, W)."""
+    h, w = size
+    return NYU_FX * w / 640, NYU_FY * h / 480, NYU_CX * w / 640, NYU_CY * h / 480
+
+
+def _rng(seed: int, split: str, room: int, stream: int) -> np.random.Generator:
+    """The generator of one room (stream 0) or one of its views (stream 1 + view)."""
+    return np.random.default_rng(np.random.SeedSequence([seed, _SPLIT_CODE[split], room, stream, 0x5EED]))
+
+
+def _nonzero(d: np.ndarray) -> np.ndarray:
+    """`d` with entries within 1e-12 of zero set to 1e-12, so 1/d stays finite (and of known sign)."""
+    return np.where(np.abs(d) < 1e-12, _F32(1e-12), d)
+
+
+def _slab(o, d, lo: float, hi: float) -> tuple[np.ndarray, np.ndarray]:
+    """Ray parameters (enter, leave) of the slab lo <= o + t*d <= hi along one axis."""
+    inv = 1.0 / _nonzero(d)
+    t1 = (lo - o) * inv
+    t2 = (hi - o) * inv
+    return np.minimum(t1, t2), np.maximum(t1, t2)
+
+
+def _atan2(y: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """atan2 to ~1e-5 rad with exact float ops only (no libm), so every process agrees bit for bit."""
+    ax, ay = np.abs(x), np.abs(y)
+    a = np.minimum(ax, ay) / np.maximum(np.maximum(ax, ay), _F32(1e-12))
+    s = a * a
+    r = ((_F32(-0.0464964749) * s + _F32(0.15931422)) * s - _F32(0.327622764)) * s * a + a
+    r = np.where(ay > ax, _F32(math.pi / 2) - r, r)
+    r = np.where(x < 0, _F32(math.pi) - r, r)
+    return np.where(y < 0, -r, r)
+
+
+# ----------------------------------------------------------------------------- textures
+
+
+class Material:
+    """A tileable albedo texture covering `tile_m` x `tile_m` metres, with its mipmaps.
+
+    texels: [side, side, 3] float32 in [0, 1], side a power of two. Emissive materials
+    (lamp, window) ignore the lighting and show their albedo as is.
+    """
+
+    def __init__(self, texels: np.ndarray, tile_m: float, emissive: bool = False):
+        self.side = texels.shape[0]
+        self.tile_m = float(tile_m)
+        self.emissive = emissive
+        levels, level = [], np.asarray(texels, _F32)
+        while True:
+            levels.append(level.reshape(-1, 3))
+            if level.shape[0] == 1:
+                break
+            level = (level[0::2, 0::2] + level[1::2, 0::2] + level[0::2, 1::2] + level[1::2, 1::2]) * _F32(0.25)
+        self.texels = np.concatenate(levels)  # every level, finest first
+        self.bases = np.cumsum([0] + [len(t) for t in levels[:-1]]).astype(np.int32)
+
+    @classmethod
+    def plain(cls, rgb, emissive: bool = False) -> Material:
+        return cls(np.asarray(rgb, _F32).reshape(1, 1, 3), 1.0, emissive)
+
+    def sample(self, u: np.ndarray, v: np.ndarray, offset: tuple[float, float], footprint: np.ndarray) -> np.ndarray:
+        """Albedo [N, 3] at surface coordinates u, v [N] (metres): the nearest texel of the mip level
+        whose texels are about `footprint` [N] (metres, one pixel's extent on the surface) wide."""
+        k = self.side / self.tile_m
+        iu = (u * k + (_WRAP + offset[0])).astype(np.int32)
+        iv = (v * k + (_WRAP + offset[1])).astype(np.int32)
+        _, exponent = np.frexp(footprint * _F32(k))  # floor(log2(texels per pixel)) = exponent - 1
+        level = np.clip(exponent - 1, 0, len(self.bases) - 1)
+        row = np.right_shift(self.side, level)
+        index = self.bases[level] + (np.right_shift(iv, level) & (row - 1)) * row + (np.right_shift(iu, level) & (row - 1))
+        return np.take(self.texels, index, axis=0)
+
+
+def _value_noise(rng, side: int, cells_y: int, cells_x: int) -> np.ndarray:
+    """Tileable value noise [side, side] in [0, 1]: a random periodic lattice, smoothstep-interpolated."""
+    lattice = rng.random((cells_y, cells_x), dtype=_F32)
+
+    def axis(cells):
+        x = np.arange(side, dtype=_F32) * _F32(cells / side)
+        i0 = x.astype(np.int32)
+        f = x - i0
+        return i0, (i0 + 1) % cells, f * f * (3 - 2 * f)
+
+    y0, y1, fy = axis(cells_y)
+    x0, x1, fx = axis(cells_x)
+    rows = lattice[:, x0] * (1 - fx) + lattice[:, x1] * fx  # [cells_y, side]
+    return rows[y0] * (1 - fy)[:, None] + rows[y1] * fy[:, None]
+
+
+def _fractal(rng, side: int, cells: int, octaves: int = 3, stretch: int = 1) -> np.ndarray:
+    """Sum of `octaves` value-noise layers (each twice as fine, half as strong), rescaled to [0, 1].
+    `stretch` > 1 makes features that many times longer along x than along y (wood grain)."""
+    total = np.zeros((side, side), _F32)
+    for o in range(octaves):
+        c = min(cells << o, side // 2)
+        total += _value_noise(rng, side, c, max(1, c // stretch)) * _F32(0.5**o)
+    lo, hi = total.min(), total.max()
+    return (total - lo) / _F32(max(hi - lo, 1e-6))
+
+
+def _colour(rng, hue, sat, val) -> np.ndarray:
+    """An RGB colour [3] from HSV ranges (hue in turns, wrapping)."""
+    h = rng.uniform(*hue) % 1.0
+    return np.array(colorsys.hsv_to_rgb(h, rng.uniform(*sat), rng.uniform(*val)), _F32)
+
+
+def _mix(c0: np.ndarray, c1: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Per-texel blend [side, side, 3] of two colours by weights w [side, side] in [0, 1]."""
+    return c0 + (c1 - c0) * w[..., None]
+
+
+def _texture(rng, kind: str, side: int, c0: np.ndarray, c1: np.ndarray) -> np.ndarray:
+    """Albedo texels [side, side, 3] of one procedural pattern with colours c0, c1 (tileable)."""
+    y, x = np.mgrid[0:side, 0:side]
+    grain = _fractal(rng, side, int(rng.choice([4, 8])))
+    shade = (0.9 + 0.2 * grain)[..., None]
+    if kind == "plain":
+        img = c0 * shade
+    elif kind == "noise":  # mottled: stone, carpet, plaster
+        img = _mix(c0, c1, _fractal(rng, side, int(rng.choice([2, 4, 8])), octaves=4))
+    elif kind == "checker":
+        k = int(rng.choice([2, 4]))
+        img = _mix(c0, c1, ((x * k // side + y * k // side) % 2).astype(_F32)) * shade
+    elif kind == "stripes":
+        k, duty = int(rng.choice([2, 4, 8])), rng.uniform(0.2, 0.6)
+        img = _mix(c0, c1, (((x * k) % side) < duty * side).astype(_F32)) * shade
+        if rng.random() < 0.5:
+            img = img.transpose(1, 0, 2)
+    elif kind == "wood":  # planks along x; grain streaks; darker seams
+        k = int(rng.choice([2, 4, 8]))
+        plank = y * k // side
+        streaks = _fractal(rng, side, 16, octaves=2, stretch=8)
+        phase = rng.random(k).astype(_F32)[plank]
+        rings = np.abs(2 * ((streaks * 5 + phase) % 1.0) - 1)
+        tint = rng.uniform(0.85, 1.15, k).astype(_F32)[plank]
+        img = _mix(c0, c1, rings) * (tint * (1 - 0.4 * ((y % (side // k)) < 2)))[..., None]
+    elif kind == "tiles":
+        k, grout = int(rng.choice([2, 4])), max(1, side // 64)
+        cell = side // k
+        inner = ((x % cell) >= grout) & ((y % cell) >= grout)
+        tint = rng.uniform(0.9, 1.1, (k, k)).astype(_F32)[y // cell, x // cell]
+        img = np.where(inner[..., None], c0 * (tint * (0.95 + 0.1 * grain))[..., None], c1)
+    elif kind == "bricks":
+        rows, per_row = int(rng.choice([4, 8])), int(rng.choice([2, 4]))
+        rh, bw = side // rows, side // per_row
+        row = y // rh
+        xs = (x + (row % 2) * (bw // 2)) % side
+        mortar = ((y % rh) < max(1, rh // 8)) | ((xs % bw) < max(1, bw // 16))
+        tint = rng.uniform(0.8, 1.2, (rows, per_row)).astype(_F32)[row, xs // bw]
+        img = np.where(mortar[..., None], c1, c0 * (tint * (0.9 + 0.2 * grain))[..., None])
+    else:
+        raise ValueError(f"unknown texture kind {kind!r}")
+    return np.clip(img, 0, 1).astype(_F32)
+
+
+def _material(rng, kinds, side: int, tile_m, c0: np.ndarray, c1: np.ndarray) -> Material:
+    kind = kinds[int(rng.integers(len(kinds)))]
+    return Material(_texture(rng, kind, side, c0, c1), rng.uniform(*tile_m))
+
+
+# ----------------------------------------------------------------------------- primitives
+
+
+def _texel_offset(rng) -> tuple[float, float]:
+    return float(rng.integers(0, 4096)), float(rng.integers(0, 4096))
+
+
+@dataclass
+class _Primitive:
+    """Shared parts of the scene objects: material, texture offset, and bounds-derived helpers."""
+
+    @functools.cached_property
+    def aabb(self) -> np.ndarray:
+        """(xmin, ymin, zmin), (xmax, ymax, zmax) as [2, 3]."""
+        c = self.corners
+        return np.stack([c.min(0), c.max(0)])
+
+    @functools.cached_property
+    def bounding_sphere(self) -> tuple[np.ndarray, float]:
+        lo, hi = self.aabb
+        return (lo + hi) / 2, float(np.linalg.norm(hi - lo) / 2)
+
+
+@dataclass
+class Box(_Primitive):
+    """A box standing upright: footprint centre (x, y), half sizes (hx, hy) before rotating by `yaw`
+    (radians, about the vertical axis), z from z0 to z1 (metres)."""
+
+    x: float
+    y: float
+    hx: float
+    hy: float
+    z0: float
+    z1: float
+    yaw: float
+    material: Material
+    offset: tuple[float, float] = (0.0, 0.0)
+    casts_shadow: bool = True
+
+    def __post_init__(self):
+        for name in ("x", "y", "hx", "hy", "z0", "z1", "yaw"):
+            setattr(self, name, float(getattr(self, name)))
+        self.c, self.s = math.cos(self.yaw), math.sin(self.yaw)
+
+    @functools.cached_property
+    def corners(self) -> np.ndarray:
+        lx = np.array([-1, 1, 1, -1]) * self.hx
+        ly = np.array([-1, -1, 1, 1]) * self.hy
+        xy = np.stack([self.x + self.c * lx - self.s * ly, self.y + self.s * lx + self.c * ly], 1)
+        return np.concatenate([np.c_[xy, np.full(4, self.z0)], np.c_[xy, np.full(4, self.z1)]])
+
+    def _local(self, px, py):
+        qx, qy = px - self.x, py - self.y
+        if self.yaw == 0.0:
+            return qx, qy
+        return self.c * qx + self.s * qy, self.c * qy - self.s * qx
+
+    def interval(self, ox, oy, oz, dx, dy, dz):
+        """Ray parameters (enter, leave) of o + t*d through the box; enter > leave means a miss."""
+        lox, loy = self._local(ox, oy)
+        ldx, ldy = (dx, dy) if self.yaw == 0.0 else (self.c * dx + self.s * dy, self.c * dy - self.s * dx)
+        nx, fx = _slab(lox, ldx, -self.hx, self.hx)
+        ny, fy = _slab(loy, ldy, -self.hy, self.hy)
+        nz, fz = _slab(oz, dz, self.z0, self.z1)
+        return np.maximum(np.maximum(nx, ny), nz), np.minimum(np.minimum(fx, fy), fz)
+
+    def surface(self, px, py, pz):
+        """Normal (nx, ny, nz) and texture coordinates (u, v) in metres at surface points [N]."""
+        lx, ly = self._local(px, py)
+        hz = (self.z1 - self.z0) / 2
+        lz = pz - (self.z0 + hz)
+        ex, ey, ez = np.abs(np.abs(lx) - self.hx), np.abs(np.abs(ly) - self.hy), np.abs(np.abs(lz) - hz)
+        on_x = (ex <= ey) & (ex <= ez)
+        on_z = ~on_x & (ez < ey)
+        on_y = ~on_x & ~on_z
+        nlx = np.where(on_x, np.sign(lx), _F32(0))
+        nly = np.where(on_y, np.sign(ly), _F32(0))
+        nz = np.where(on_z, np.sign(lz), _F32(0))
+        u = np.where(on_x, ly, lx)
+        v = np.where(on_z, ly, pz)
+        return self.c * nlx - self.s * nly, self.s * nlx + self.c * nly, nz, u, v
+
+
+@dataclass
+class Cylinder(_Primitive):
+    """A vertical cylinder: axis at (x, y), radius r, z from z0 to z1 (metres)."""
+
+    x: float
+    y: float
+    r: float
+    z0: float
+    z1: float
+    material: Material
+    offset: tuple[float, float] = (0.0, 0.0)
+    casts_shadow: bool = True
+
+    def __post_init__(self):
+        for name in ("x", "y", "r", "z0", "z1"):
+            setattr(self, name, float(getattr(self, name)))
+        self.arc = _seamless_arc(self.r, self.material)
+
+    @functools.cached_property
+    def corners(self) -> np.ndarray:
+        return _box_corners(self.x - self.r, self.x + self.r, self.y - self.r, self.y + self.r, self.z0, self.z1)
+
+    def interval(self, ox, oy, oz, dx, dy, dz):
+        qx, qy = ox - self.x, oy - self.y
+        a = np.maximum(dx * dx + dy * dy, _F32(1e-12))
+        n, f = _quadratic_interval(a, qx * dx + qy * dy, qx * qx + qy * qy - self.r * self.r)
+        nz, fz = _slab(oz, dz, self.z0, self.z1)
+        return np.maximum(n, nz), np.minimum(f, fz)
+
+    def surface(self, px, py, pz):
+        qx, qy = px - self.x, py - self.y
+        radial = np.sqrt(qx * qx + qy * qy)
+        cap = np.minimum(np.abs(pz - self.z0), np.abs(pz - self.z1)) < np.abs(radial - self.r)
+        inv = 1 / np.maximum(radial, _F32(1e-6))
+        nz = np.where(cap, np.where(pz > (self.z0 + self.z1) / 2, _F32(1), _F32(-1)), _F32(0))
+        nx = np.where(cap, _F32(0), qx * inv)
+        ny = np.where(cap, _F32(0), qy * inv)
+        u = np.where(cap, qx, _atan2(qy, qx) * self.arc)
+        v = np.where(cap, qy, pz)
+        return nx, ny, nz, u, v
+
+
+@dataclass
+class Sphere(_Primitive):
+    """A sphere: centre (x, y, z), radius r (metres)."""
+
+    x: float
+    y: float
+    z: float
+    r: float
+    material: Material
+    offset: tuple[float, float] = (0.0, 0.0)
+    casts_shadow: bool = True
+
+    def __post_init__(self):
+        for name in ("x", "y", "z", "r"):
+            setattr(self, name, float(getattr(self, name)))
+        self.arc = _seamless_arc(self.r, self.material)
+
+    @functools.cached_property
+    def corners(self) -> np.ndarray:
+        r = self.r
+        return _box_corners(self.x - r, self.x + r, self.y - r, self.y + r, self.z - r, self.z + r)
+
+    def interval(self, ox, oy, oz, dx, dy, dz):
+        qx, qy, qz = ox - self.x, oy - self.y, oz - self.z
+        a = dx * dx + dy * dy + dz * dz
+        return _quadratic_interval(a, qx * dx + qy * dy + qz * dz, qx * qx + qy * qy + qz * qz - self.r * self.r)
+
+    def surface(self, px, py, pz):
+        inv = _F32(1 / self.r)
+        nx, ny, nz = (px - self.x) * inv, (py - self.y) * inv, (pz - self.z) * inv
+        return nx, ny, nz, _atan2(ny, nx) * self.arc, pz
+
+
+def _box_corners(x0, x1, y0, y1, z0, z1) -> np.ndarray:
+    return np.array([[x, y, z] for z in (z0, z1) for y in (y0, y1) for x in (x0, x1)], float)
+
+
+def _quadratic_interval(a, b, c):
+    """Roots (t0, t1) of a t^2 + 2 b t + c = 0 (the ray inside a quadric); (inf, -inf) if none."""
+    disc = b * b - a * c
+    root = np.sqrt(np.maximum(disc, _F32(0)))
+    miss = disc < 0
+    return (np.where(miss, _F32(np.inf), (-b - root) / a), np.where(miss, _F32(-np.inf), (-b + root) / a))
+
+
+def _seamless_arc(r: float, material: Material) -> float:
+    """Metres of texture per radian around a round object, rounded so the texture closes without a seam."""
+    turns = max(1, round(2 * math.pi * r / material.tile_m))
+    return turns * material.tile_m / (2 * math.pi)
+
+
+@dataclass
+class _Face:
+    """One inner face of the room box: the plane coordinate `axis` = `at`, normal `sign` along it."""
+
+    axis: int
+    at: float
+    sign: float
+    material: Material
+    offset: tuple[float, float]
+
+    def surface(self, px, py, pz):
+        n = [0.0, 0.0, 0.0]
+        n[self.axis] = self.sign
+        u, v = {0: (py, pz), 1: (px, pz), 2: (px, py)}[self.axis]
+        return n[0], n[1], n[2], u, v
+
+
+@dataclass
+class Light:
+    """A point light at `position` (metres): Lambertian term intensity * cos / (1 + (d / falloff_m)^2)
+    plus `ambient`; `tint` is the white balance [3] applied to the whole image."""
+
+    position: tuple[float, float, float]
+    intensity: float
+    falloff_m: float
+    ambient: float
+    tint: np.ndarray
+
+    def shade(self, px, py, pz, nx, ny, nz, lit):
+        """Irradiance [N] at surface points with normals n; `lit` [N] bool is False where shadowed."""
+        lx, ly, lz = self.position[0] - px, self.position[1] - py, self.position[2] - pz
+        d2 = lx * lx + ly * ly + lz * lz
+        cos = (nx * lx + ny * ly + nz * lz) / np.sqrt(d2)
+        direct = np.maximum(cos, _F32(0)) * (self.intensity / (1 + d2 * _F32(1 / self.falloff_m**2)))
+        return self.ambient * (_F32(0.9) + _F32(0.1) * nz) + direct * lit
+
+
+@dataclass
+class Room:
+    """A box room [0, Lx] x [0, Ly] x [0, Lz] (metres, z up) with its materials, objects and light."""
+
+    size: tuple[float, float, float]
+    faces: list[_Face]
+    objects: list
+    light: Light
+
+    @classmethod
+    def build(cls, size, face_materials, objects, light) -> Room:
+        """`face_materials`: floor, ceiling, wall x=0, wall x=Lx, wall y=0, wall y=Ly."""
+        lx, ly, lz = (float(v) for v in size)
+        planes = [(2, 0.0, 1.0), (2, lz, -1.0), (0, 0.0, 1.0), (0, lx, -1.0), (1, 0.0, 1.0), (1, ly, -1.0)]
+        faces = [_Face(a, at, s, m, (0.0, 0.0)) for (a, at, s), m in zip(planes, face_materials)]
+        return cls((lx, ly, lz), faces, list(objects), light)
+
+
+# ----------------------------------------------------------------------------- room generation
+
+
+class _Layout:
+    """Objects placed so far, with their axis-aligned bounds, to keep new ones from overlapping."""
+
+    def __init__(self, size):
+        self.size = size
+        self.objects: list = []
+        self.bounds: list[np.ndarray] = []
+
+    def fits(self, obj, gap: float = 0.03) -> bool:
+        """Inside the room, `gap` metres clear of every solid object sideways; stacking on top is fine."""
+        lo, hi = obj.aabb
+        if (lo[:2] < -1e-9).any() or hi[0] > self.size[0] + 1e-9 or hi[1] > self.size[1] + 1e-9:
+            return False
+        return all((lo[:2] >= b[1, :2] + gap).any() or (hi[:2] <= b[0, :2] - gap).any()
+                   or lo[2] >= b[1, 2] - 1e-6 or hi[2] <= b[0, 2] + 1e-6 for b in self.bounds)
+
+    def add(self, obj, solid: bool = True) -> None:
+        self.objects.append(obj)
+        if solid:
+            self.bounds.append(obj.aabb)
+
+    def try_add(self, objs: list) -> bool:
+        """Add a group of objects (e.g. a table's top and legs) if its first member fits."""
+        if not self.fits(objs[0]):
+            return False
+        for o in objs:
+            self.add(o)
+        return True
+
+
+def _against_wall(rng, size, wall: int, width: float, depth: float, z0: float, z1: float, material, gap: float):
+    """A box `width` long along wall 0..3 (x=0, x=Lx, y=0, y=Ly), `depth` deep, `gap` metres off the
+    wall, at a random place along it."""
+    lx, ly, _ = size
+    along = rng.uniform(width / 2 + 0.05, (ly if wall < 2 else lx) - width / 2 - 0.05)
+    out = gap + depth / 2
+    if wall < 2:
+        return Box(out if wall == 0 else lx - out, along, depth / 2, width / 2, z0, z1, 0.0, material, _texel_offset(rng))
+    return Box(along, out if wall == 2 else ly - out, width / 2, depth / 2, z0, z1, 0.0, material, _texel_offset(rng))
+
+
+def _furniture_material(rng) -> Material:
+    c0 = _colour(rng, (0, 1), (0.1, 0.7), (0.25, 0.9))
+    c1 = np.clip(c0 * rng.uniform(0.5, 0.8) + _colour(rng, (0, 1), (0, 0.5), (0, 0.25)), 0, 1).astype(_F32)
+    return _material(rng, ["plain", "wood", "noise", "stripes", "checker", "wood"], 128, (0.3, 1.0), c0, c1)
+
+
+def _room_materials(rng) -> list[Material]:
+    """Floor, ceiling and four wall materials."""
+    wall_c = _colour(rng, (0, 1), (0.0, 0.3), (0.6, 0.95))
+    wall = _material(rng, ["plain", "noise", "stripes", "plain"], 256, (0.8, 2.0), wall_c,
+                     np.clip(wall_c * rng.uniform(0.75, 0.95), 0, 1).astype(_F32))
+    accent = _material(rng, ["bricks", "stripes", "noise", "tiles"], 256, (0.8, 2.0),
+                       _colour(rng, (0, 1), (0.1, 0.6), (0.4, 0.9)), _colour(rng, (0, 1), (0.0, 0.3), (0.3, 0.9)))
+    floor_kind = ["wood", "tiles", "checker", "noise"][int(rng.integers(4))]
+    if floor_kind == "wood":
+        c0 = _colour(rng, (0.03, 0.11), (0.4, 0.8), (0.25, 0.55))
+        c1 = _colour(rng, (0.03, 0.11), (0.3, 0.7), (0.5, 0.8))
+    else:
+        c0 = _colour(rng, (0, 1), (0.0, 0.4), (0.4, 0.9))
+        c1 = _colour(rng, (0, 1), (0.0, 0.4), (0.15, 0.6))
+    floor = _material(rng, [floor_kind], 256, (0.8, 2.0), c0, c1)
+    ceiling = _material(rng, ["plain"], 256, (1.0, 2.0), _colour(rng, (0, 1), (0, 0.08), (0.8, 0.95)), c0)
+    walls = [wall, wall, wall, wall]
+    if rng.random() < 0.4:
+        walls[int(rng.integers(4))] = accent
+    return [floor, ceiling, *walls]
+
+
+def _place_wall_furniture(rng, lay: _Layout, palette) -> None:
+    lx, ly, lz = lay.size
+    for _ in range(int(rng.integers(2, 7))):
+        wall = int(rng.integers(4))
+        length = ly if wall < 2 else lx
+        width = rng.uniform(0.5, min(2.2, length - 0.3))
+        depth = rng.uniform(0.3, min(1.0, 0.3 * (lx if wall < 2 else ly)))
+        height = rng.uniform(0.4, min(2.1, lz - 0.5))
+        for _ in range(10):
+            box = _against_wall(rng, lay.size, wall, width, depth, 0.0, height, palette[int(rng.integers(len(palette)))],
+                                rng.uniform(0.0, 0.05))
+            if lay.try_add([box]):
+                break
+
+
+def _table(rng, x, y, w, d, height, yaw, material) -> list[Box]:
+    """A table: top slab first (the group's footprint), then four legs."""
+    thick, leg, inset = rng.uniform(0.03, 0.06), rng.uniform(0.04, 0.08), rng.uniform(0.0, 0.08)
+    top = Box(x, y, w / 2, d / 2, height - thick, height, yaw, material, _texel_offset(rng))
+    legs = []
+    for sx, sy in ((-1, -1), (1, -1), (1, 1), (-1, 1)):
+        lx_, ly_ = sx * (w / 2 - inset - leg / 2), sy * (d / 2 - inset - leg / 2)
+        legs.append(Box(x + top.c * lx_ - top.s * ly_, y + top.s * lx_ + top.c * ly_, leg / 2, leg / 2,
+                        0.0, height - thick, yaw, material, _texel_offset(rng)))
+    return [top, *legs]
+
+
+def _place_free_furniture(rng, lay: _Layout, palette, supports: list) -> None:
+    lx, ly, _ = lay.size
+    for _ in range(int(rng.integers(1, 5))):
+        for _ in range(15):
+            w, d = rng.uniform(0.4, 1.8), rng.uniform(0.4, 1.1)
+            x, y = rng.uniform(0.5, lx - 0.5), rng.uniform(0.5, ly - 0.5)
+            yaw = 0.0 if rng.random() < 0.3 else rng.uniform(0, math.pi)
+            material = palette[int(rng.integers(len(palette)))]
+            if rng.random() < 0.5:
+                group = _table(rng, x, y, w, d, rng.uniform(0.45, 0.8), yaw, material)
+            else:
+                group = [Box(x, y, w / 2, d / 2, 0.0, rng.uniform(0.3, 0.9), yaw, material, _texel_offset(rng))]
+            if lay.try_add(group):
+                supports.append(group[0])
+                break
+
+
+def _place_round_things(rng, lay: _Layout, palette, supports: list) -> None:
+    """Cylinders and spheres on the floor or on top of a box or table."""
+    lx, ly, _ = lay.size
+    for _ in range(int(rng.integers(1, 6))):
+        material = palette[int(rng.integers(len(palette)))]
+        on_top = supports and rng.random() < 0.5
+        for _ in range(10):
+            if on_top:
+                base = supports[int(rng.integers(len(supports)))]
+                r = rng.uniform(0.04, min(0.18, base.hx, base.hy) * 0.9)
+                ux, uy = rng.uniform(-1, 1) * (base.hx - r), rng.uniform(-1, 1) * (base.hy - r)
+                x, y, z0 = base.x + base.c * ux - base.s * uy, base.y + base.s * ux + base.c * uy, base.z1
+                height = rng.uniform(0.08, 0.4)
+            else:
+                r = rng.uniform(0.1, 0.35)
+                x, y, z0 = rng.uniform(r + 0.05, lx - r - 0.05), rng.uniform(r + 0.05, ly - r - 0.05), 0.0
+                height = rng.uniform(0.3, 1.2)
+            if rng.random() < 0.5:
+                obj = Cylinder(x, y, r, z0, z0 + height, material, _texel_offset(rng))
+            else:
+                obj = Sphere(x, y, z0 + r, r, material, _texel_offset(rng))
+            if lay.try_add([obj]):
+                break
+
+
+def _place_wall_things(rng, lay: _Layout) -> None:
+    """Pictures, a door and a window: thin boxes on the walls."""
+    lx, ly, lz = lay.size
+    things = []
+    if rng.random() < 0.7:
+        wood = _material(rng, ["wood", "plain"], 128, (0.8, 1.6), _colour(rng, (0.02, 0.12), (0.3, 0.8), (0.2, 0.6)),
+                         _colour(rng, (0.02, 0.12), (0.3, 0.7), (0.4, 0.8)))
+        things.append((rng.uniform(0.8, 1.0), 0.0, min(rng.uniform(2.0, 2.15), lz - 0.1), rng.uniform(0.03, 0.05), wood))
+    if rng.random() < 0.5:
+        sky = _colour(rng, (0.5, 0.65), (0.05, 0.35), (0.85, 1.0))
+        glass = _material(rng, ["noise"], 128, (1.0, 3.0), sky, np.clip(sky * 0.85, 0, 1).astype(_F32))
+        glass.emissive = True
+        z0 = rng.uniform(0.8, 1.1)
+        things.append((rng.uniform(0.8, 1.6), z0, min(z0 + rng.uniform(0.9, 1.4), lz - 0.2), 0.02, glass))
+    for _ in range(int(rng.integers(0, 4))):
+        art = _material(rng, ["noise", "stripes", "checker", "noise"], 128, (0.2, 0.6),
+                        _colour(rng, (0, 1), (0.3, 0.9), (0.3, 1.0)), _colour(rng, (0, 1), (0.2, 0.9), (0.1, 0.8)))
+        z0 = rng.uniform(1.0, 1.6)
+        things.append((rng.uniform(0.3, 1.2), z0, min(z0 + rng.uniform(0.3, 0.9), lz - 0.2), rng.uniform(0.02, 0.04), art))
+    for width, z0, z1, thick, material in things:
+        wall = int(rng.integers(4))
+        if width > (ly if wall < 2 else lx) - 0.3:
+            continue
+        for _ in range(10):
+            if lay.try_add([_against_wall(rng, lay.size, wall, width, thick, z0, z1, material, 0.0)]):
+                break
+
+
+@functools.lru_cache(maxsize=4)
+def build_room(seed: int, split: str, room: int) -> Room:
+    """The room `room` of `split`: a pure function of its arguments."""
+    rng = _rng(seed, split, room, 0)
+    size = (rng.uniform(3.0, 7.5), rng.uniform(2.6, 6.5), rng.uniform(2.4, 3.2))
+    if rng.random() < 0.5:
+        size = (size[1], size[0], size[2])
+    faces = _room_materials(rng)
+    lay = _Layout(size)
+    palette = [_furniture_material(rng) for _ in range(int(rng.integers(3, 6)))]
+    supports: list = []
+    _place_wall_furniture(rng, lay, palette)
+    _place_free_furniture(rng, lay, palette, supports)
+    _place_round_things(rng, lay, palette, supports)
+    _place_wall_things(rng, lay)
+    for _ in range(int(rng.random() < 0.5)):  # a rug: thin, may lie under furniture
+        w, d = rng.uniform(1.0, min(3.0, size[0] - 0.6)), rng.uniform(0.8, min(2.2, size[1] - 0.6))
+        rug = _material(rng, ["noise", "stripes", "checker"], 128, (0.3, 1.2),
+                        _colour(rng, (0, 1), (0.2, 0.8), (0.2, 0.8)), _colour(rng, (0, 1), (0.1, 0.8), (0.1, 0.7)))
+        lay.add(Box(rng.uniform(w / 2 + 0.1, size[0] - w / 2 - 0.1), rng.uniform(d / 2 + 0.1, size[1] - d / 2 - 0.1),
+                    w / 2, d / 2, 0.0, 0.01, 0.0 if rng.random() < 0.6 else rng.uniform(-0.3, 0.3), rug,
+                    _texel_offset(rng)), solid=False)
+    lamp_r = 0.1
+    position = (rng.uniform(0.3, 0.7) * size[0], rng.uniform(0.3, 0.7) * size[1], size[2] - 2 * lamp_r)
+    warm = rng.uniform(0.0, 0.12)
+    light = Light(position, rng.uniform(0.9, 1.4), rng.uniform(2.5, 4.5), rng.uniform(0.12, 0.3),
+                  np.array([1.0, 1.0 - warm / 2, 1.0 - warm], _F32))
+    lay.add(Sphere(*position, lamp_r, Material.plain([1.0, 0.97, 0.9], emissive=True), casts_shadow=False), solid=False)
+    return Room.build(size, faces, lay.objects, light)
+
+
+# ----------------------------------------------------------------------------- camera and rendering
+
+
+@dataclass
+class Pose:
+    """Camera centre (metres) and orientation: yaw about z (0 looks along +x), pitch up, roll (radians)."""
+
+    x: float
+    y: float
+    z: float
+    yaw: float
+    pitch: float
+    roll: float = 0.0
+
+
+class Camera:
+    """A pinhole camera: x right, y down, z forward; rays d = forward + xc*right + yc*down with
+    xc = (col - cx) / fx, yc = (row - cy) / fy, so a hit at o + t*d has z-depth t."""
+
+    def __init__(self, pose: Pose, size: tuple[int, int]):
+        self.size = size
+        self.fx, self.fy, self.cx, self.cy = intrinsics(size)
+        self.origin = (float(pose.x), float(pose.y), float(pose.z))
+        cy_, sy_, cp, sp = math.cos(pose.yaw), math.sin(pose.yaw), math.cos(pose.pitch), math.sin(pose.pitch)
+        forward = np.array([cp * cy_, cp * sy_, sp])
+        right0 = np.array([sy_, -cy_, 0.0])
+        down0 = np.cross(forward, right0)
+        cr, sr = math.cos(pose.roll), math.sin(pose.roll)
+        self.basis = np.stack([cr * right0 + sr * down0, cr * down0 - sr * right0, forward])  # rows: right, down, fwd
+
+    def directions(self):
+        """Ray directions (dx, dy, dz), each [H, W] float32, with unit component along the optical axis."""
+        h, w = self.size
+        xc = ((np.arange(w) - self.cx) / self.fx).astype(_F32)[None, :]
+        yc = ((np.arange(h) - self.cy) / self.fy).astype(_F32)[:, None]
+        (rx, ry, rz), (dx, dy, dz), (fx, fy, fz) = self.basis.tolist()
+        return tuple(f + xc * r + yc * d for r, d, f in ((rx, dx, fx), (ry, dy, fy), (rz, dz, fz)))
+
+    def window(self, points: np.ndarray, near: float):
+        """(rows, cols) slices of the pixels whose rays can meet the convex hull of `points` [N, 3]
+        in front of the plane z = near (camera coordinates), or None if there are none."""
+        q = (points - np.array(self.origin)) @ self.basis.T
+        front = q[:, 2] >= near
+        if not front.any():
+            return None
+        pts = q[front]
+        if not front.all():  # clip the hull at z = near: add where its point pairs cross the plane
+            a, b = q[front][:, None, :], q[~front][None, :, :]
+            s = (near - a[..., 2:]) / (b[..., 2:] - a[..., 2:])
+            pts = np.concatenate([pts, (a + s * (b - a)).reshape(-1, 3)])
+        u = self.fx * pts[:, 0] / pts[:, 2] + self.cx
+        v = self.fy * pts[:, 1] / pts[:, 2] + self.cy
+        h, w = self.size
+        c0, c1 = max(0, math.floor(u.min())), min(w, math.ceil(u.max()) + 1)
+        r0, r1 = max(0, math.floor(v.min())), min(h, math.ceil(v.max()) + 1)
+        if c0 >= c1 or r0 >= r1:
+            return None
+        return slice(r0, r1), slice(c0, c1)
+
+
+def _cast(room: Room, cam: Camera):
+    """Primary rays: z-depth [H, W] float32 and surface id [H, W] int16 of the nearest hit."""
+    dx, dy, dz = cam.directions()
+    ox, oy, oz = cam.origin
+    exits, faces = [], []
+    for axis, d, o in ((0, dx, ox), (1, dy, oy), (2, dz, oz)):
+        ds = _nonzero(d)
+        exits.append(np.where(ds > 0, _F32(room.size[axis] - o), _F32(-o)) / ds)
+        faces.append((ds > 0).astype(np.int16) + np.int16((2, 4, 0)[axis]))  # see _ROOM_FACES
+    tx, ty, tz = exits
+    t = np.minimum(np.minimum(tx, ty), tz)
+    sid = np.where(t == tz, faces[2], np.where(t == tx, faces[0], faces[1]))
+    for k, obj in enumerate(room.objects):
+        win = cam.window(obj.corners, near=0.05)
+        if win is None:
+            continue
+        enter, leave = obj.interval(ox, oy, oz, dx[win], dy[win], dz[win])
+        sub = t[win]
+        closer = (enter <= leave) & (enter > 0) & (enter < sub)
+        np.copyto(sub, enter, where=closer)
+        np.copyto(sid[win], _ROOM_FACES + k, where=closer)
+    return t, sid, (dx, dy, dz)
+
+
+def _shadows(room: Room, px, py, pz, sid) -> np.ndarray:
+    """[H*W] bool, False where the segment from the surface point to the light is blocked."""
+    lx, ly, lz = room.light.position
+    vx, vy, vz = px - lx, py - ly, pz - lz
+    d2 = vx * vx + vy * vy + vz * vz
+    inv = 1 / np.sqrt(d2)
+    ux, uy, uz = vx * inv, vy * inv, vz * inv
+    lit = np.ones(px.shape, bool)
+    for k, obj in enumerate(room.objects):
+        if not obj.casts_shadow:
+            continue
+        centre, radius = obj.bounding_sphere
+        w = centre - np.array(room.light.position)
+        dist = float(np.linalg.norm(w))
+        if dist > radius:  # candidates: inside the cone of the bounding sphere seen from the light
+            ax, ay, az = (w / dist).tolist()
+            cand = (ux * ax + uy * ay + uz * az > math.sqrt(1 - (radius / dist) ** 2)) & (d2 > (dist - radius) ** 2)
+            idx = np.flatnonzero(cand)
+        else:
+            idx = np.arange(px.size)
+        idx = idx[sid[idx] != _ROOM_FACES + k]  # a convex object's own shadow is its back faces
+        if idx.size == 0:
+            continue
+        qx, qy, qz = px[idx], py[idx], pz[idx]
+        enter, leave = obj.interval(qx, qy, qz, lx - qx, ly - qy, lz - qz)
+        blocked = (enter <= leave) & (leave > 1e-4) & (enter < 1 - 1e-4)
+        lit[idx[blocked]] = False
+    return lit
+
+
+def _shade(room: Room, cam: Camera, t, sid, dirs) -> np.ndarray:
+    """RGB image [H, W, 3] uint8 of the hits (z-depth t, surface ids sid)."""
+    h, w = cam.size
+    ox, oy, oz = cam.origin
+    px, py, pz = ((o + t * d).ravel() for o, d in zip((ox, oy, oz), dirs))
+    sid = sid.ravel()
+    lit = _shadows(room, px, py, pz, sid)
+    surfaces = room.faces + room.objects
+    order = np.argsort(sid, kind="stable")
+    ends = np.cumsum(np.bincount(sid, minlength=len(surfaces)))
+    out = np.empty((h * w, 3), _F32)
+    depth = t.ravel()
+    for s, surf in enumerate(surfaces):
+        idx = order[ends[s - 1] if s else 0 : ends[s]]
+        if idx.size == 0:
+            continue
+        qx, qy, qz = px[idx], py[idx], pz[idx]
+        nx, ny, nz, u, v = surf.surface(qx, qy, qz)
+        # one pixel's extent on the surface: depth / f, stretched by 1/sqrt(cos) of the viewing angle
+        ex, ey, ez = qx - ox, qy - oy, qz - oz
+        cos = np.abs(nx * ex + ny * ey + nz * ez) / np.sqrt(ex * ex + ey * ey + ez * ez)
+        footprint = depth[idx] / (_F32(cam.fx) * np.sqrt(np.maximum(cos, _F32(0.05))))
+        albedo = surf.material.sample(u, v, surf.offset, footprint)
+        if surf.material.emissive:
+            out[idx] = albedo
+        else:
+            out[idx] = albedo * np.sqrt(room.light.shade(qx, qy, qz, nx, ny, nz, lit[idx]))[:, None]
+    gain = 255 * min(2.5, max(0.7, 0.45 / max(float(out.mean()), 1e-3)))  # auto exposure
+    rgb = np.clip(out * (room.light.tint * _F32(gain)) + _F32(0.5), 0, 255).astype(np.uint8)
+    return rgb.reshape(h, w, 3)
+
+
+def _sample_pose(rng, room: Room) -> Pose:
+    """A standing camera (1.0-1.8 m high) in free space, aimed near an object or a point in the room."""
+    lx, ly, lz = room.size
+    solid = [o.aabb for o in room.objects if o.casts_shadow]
+    for _ in range(1000):
+        x, y = rng.uniform(0.35, lx - 0.35), rng.uniform(0.35, ly - 0.35)
+        z = rng.uniform(1.0, min(1.8, lz - 0.5))
+        p = np.array([x, y, z])
+        if not any(((p > lo - 0.3) & (p < hi + 0.3)).all() for lo, hi in solid):
+            break
+    else:
+        raise RuntimeError("no free place for the camera in this room")
+    for _ in range(20):  # look across the room: at an object or a point at least 1.5 m away
+        if solid and rng.random() < 0.6:
+            lo, hi = solid[int(rng.integers(len(solid)))]
+            target = (lo + hi) / 2
+        else:
+            target = np.array([rng.uniform(0, lx), rng.uniform(0, ly), rng.uniform(0.3, 1.5)])
+        ground = math.hypot(target[0] - x, target[1] - y)
+        if ground >= 1.5:
+            break
+    if ground < 0.8:
+        yaw, pitch = rng.uniform(-math.pi, math.pi), rng.normal(-0.15, 0.15)
+    else:
+        yaw = math.atan2(target[1] - y, target[0] - x) + rng.normal(0, 0.15)
+        pitch = math.atan2(target[2] - z, ground) + rng.normal(0, 0.08)
+    return Pose(x, y, z, yaw, float(np.clip(pitch, -0.6, 0.25)), float(np.clip(rng.normal(0, 0.03), -0.08, 0.08)))
+
+
+def render_view(room: Room, pose: Pose, size: tuple[int, int]):
+    """RGB [H, W, 3] uint8 and z-depth [H, W] float32 (metres) of `room` seen from `pose`."""
+    cam = Camera(pose, size)
+    t, sid, dirs = _cast(room, cam)
+    return _shade(room, cam, t, sid, dirs), t
+
+
+def _render_posed(room: Room, rng, size):
+    """Draw poses until every pixel's depth lies in [MIN_DEPTH, MAX_DEPTH], then shade that view."""
+    for _ in range(_MAX_POSE_TRIES):
+        cam = Camera(_sample_pose(rng, room), size)
+        t, sid, dirs = _cast(room, cam)
+        if t.min() >= MIN_DEPTH and t.max() <= MAX_DEPTH:
+            return _shade(room, cam, t, sid, dirs), t
+    raise RuntimeError(f"no camera pose with depth in [{MIN_DEPTH}, {MAX_DEPTH}] m in {_MAX_POSE_TRIES} tries")
+
+
+def render_frame(seed: int, split: str = "train", index: int = 0, size: tuple[int, int] = (240, 320)):
+    """Frame `index` of `split` for `seed`: RGB [H, W, 3] uint8 and z-depth [H, W] float32 metres."""
+    room, view = divmod(index, VIEWS_PER_ROOM)
+    return _render_posed(build_room(seed, split, room), _rng(seed, split, room, 1 + view), tuple(size))
+
+
+# ----------------------------------------------------------------------------- dataset writer
+
+
+def _save(img: Image.Image, path: Path, **kwargs) -> None:
+    """Write an image to a temporary name beside `path`, then rename it into place."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    img.save(tmp, **kwargs)
+    os.replace(tmp, path)
+
+
+def _frame_paths(split: str, scene: str, index: int, view: int) -> tuple[str, str]:
+    """(rgb, depth) paths relative to the output folder, in the DenseDepth layout."""
+    if split == "test":
+        stem = f"data/nyu2_test/{index:05d}"
+        return f"{stem}_colors.png", f"{stem}_depth.png"
+    folder = f"data/nyu2_{split}/{scene}_out"
+    return f"{folder}/{view + 1}.jpg", f"{folder}/{view + 1}.png"
+
+
+def _write_frame(out_dir: Path, rgb_rel: str, depth_rel: str, rgb: np.ndarray, depth: np.ndarray) -> None:
+    mm = np.round(depth * 1000).astype(np.uint16)
+    rgb_img = Image.fromarray(rgb)
+    if rgb_rel.endswith(".jpg"):
+        _save(rgb_img, out_dir / rgb_rel, format="JPEG", quality=_JPEG_QUALITY)
+    else:
+        _save(rgb_img, out_dir / rgb_rel, format="PNG", compress_level=_PNG_COMPRESS)
+    _save(Image.fromarray(mm), out_dir / depth_rel, format="PNG", compress_level=_PNG_COMPRESS)
+
+
+@dataclass(frozen=True)
+class _RoomTask:
+    """Render frames [first, first + views) of `split`, all views of room `room` (scene `scene`)."""
+
+    out_dir: str
+    seed: int
+    split: str
+    room: int
+    scene: str
+    first: int
+    views: int
+    size: tuple[int, int]
+
+
+def _run_room(task: _RoomTask) -> int:
+    """Render and write one room's frames; returns how many."""
+    out = Path(task.out_dir)
+    room = build_room(task.seed, task.split, task.room)
+    for view in range(task.views):
+        index = task.first + view
+        rgb_rel, depth_rel = _frame_paths(task.split, task.scene, index, view)
+        (out / rgb_rel).parent.mkdir(parents=True, exist_ok=True)
+        rgb, depth = _render_posed(room, _rng(task.seed, task.split, task.room, 1 + view), task.size)
+        _write_frame(out, rgb_rel, depth_rel, rgb, depth)
+    return task.views
+
+
+def _plan(out_dir: Path, counts: dict, size, seed: int):
+    """Room tasks of every split and the scene names per split; scene numbers run on across splits."""
+    tasks, scenes, number = [], {}, 0
+    for split in SPLITS:
+        n = counts.get(split, 0)
+        scenes[split] = []
+        for room in range(-(-n // VIEWS_PER_ROOM)):
+            scene = f"room_{number:05d}"
+            number += 1
+            scenes[split].append(scene)
+            first = room * VIEWS_PER_ROOM
+            tasks.append(_RoomTask(str(out_dir), seed, split, room, scene, first, min(VIEWS_PER_ROOM, n - first), size))
+    return tasks, scenes
+
+
+def _check_args(counts, size, seed, workers) -> tuple[dict, tuple[int, int]]:
+    unknown = set(counts) - set(SPLITS)
+    if unknown:
+        raise ConfigError(f"unknown split(s) {sorted(unknown)}; expected {list(SPLITS)}", "counts")
+    for split, n in counts.items():
+        if not isinstance(n, (int, np.integer)) or n < 0:
+            raise ConfigError(f"frame count of {split} must be a non-negative integer, got {n!r}", "counts")
+    if len(size) != 2 or any(not isinstance(v, (int, np.integer)) or v < 8 for v in size):
+        raise ConfigError(f"size must be (H, W) with both at least 8 pixels, got {size!r}", "size")
+    if not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ConfigError(f"seed must be a non-negative integer, got {seed!r}", "seed")
+    if workers is not None and (not isinstance(workers, int) or workers < 1):
+        raise ConfigError(f"workers must be a positive integer, got {workers!r}", "workers")
+    return {s: int(counts.get(s, 0)) for s in SPLITS}, (int(size[0]), int(size[1]))
+
+
+def _default_workers() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def _progress_bar():
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("synth"), BarColumn(), MofNCompleteColumn(), TextColumn("frames"),
+                    TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
+
+
+def synthesize(out_dir, counts=None, size=(240, 320), seed: int = 0, progress: bool = True, workers=None) -> dict:
+    """Render a synthetic NYU-like dataset into `out_dir` (DenseDepth layout, 16-bit mm depth PNGs).
+
+    counts: frames per split, e.g. {"train": 2000, "val": 200, "test": 200}; size: (H, W);
+    workers: processes (default: the CPUs this process may use). CSV lists and
+    synthetic.json are written last, so an interrupted run leaves no list naming a
+    missing file. Returns {"counts", "size", "seed", "workers", "seconds", "frames_per_s"}.
+    """
+    counts, size = _check_args(dict(counts or {"train": 2000, "val": 200, "test": 200}), tuple(size), seed, workers)
+    out = Path(out_dir)
+    for split in SPLITS:  # lists of an earlier run would point at files this run is replacing
+        (out / "data" / f"nyu2_{split}.csv").unlink(missing_ok=True)
+    (out / "synthetic.json").unlink(missing_ok=True)
+    tasks, scenes = _plan(out, counts, size, int(seed))
+    total = sum(counts.values())
+    workers = min(workers or _default_workers(), max(1, len(tasks)))
+    start = time.perf_counter()
+    bar = _progress_bar() if progress else None
+    if workers == 1:
+        results = map(_run_room, tasks)
+        pool = None
+    else:
+        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+        pool = multiprocessing.get_context(method).Pool(workers)
+        results = pool.imap_unordered(_run_room, tasks)
+    try:
+        if bar is not None:
+            bar.start()
+            job = bar.add_task("synth", total=total)
+        for done in results:
+            if bar is not None:
+                bar.advance(job, done)
+    finally:
+        if bar is not None:
+            bar.stop()
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+    seconds = time.perf_counter() - start
+    for split in SPLITS:
+        lines = []
+        for task in (t for t in tasks if t.split == split):
+            for view in range(task.views):
+                lines.append(",".join(_frame_paths(split, task.scene, task.first + view, view)) + "\n")
+        atomic_write_text("".join(lines), out / "data" / f"nyu2_{split}.csv")
+    fx, fy, cx, cy = intrinsics(size)
+    atomic_write_json({
+        "generator": "ensemble-mde synthetic indoor scenes",
+        "version": SYNTH_VERSION,
+        "seed": int(seed),
+        "size": list(size),
+        "counts": counts,
+        "views_per_room": VIEWS_PER_ROOM,
+        "intrinsics": {"fx": fx, "fy": fy, "cx": cx, "cy": cy},
+        "depth": {"png": "uint16 millimetres", "min_m": MIN_DEPTH, "max_m": MAX_DEPTH, "kind": "z-depth"},
+        "scenes": scenes,
+    }, out / "synthetic.json")
+    return {"counts": counts, "size": list(size), "seed": int(seed), "workers": workers,
+            "seconds": round(seconds, 3), "frames_per_s": round(total / max(seconds, 1e-9), 2)}

@@ -22,7 +22,6 @@ from ensemble_mde.data import (
     load_rgb,
     scene_split,
 )
-from ensemble_mde.data.readers import read_bts_list
 from ensemble_mde.errors import DataError
 
 H, W = 24, 32  # tiny frames with NYU's 3:4 aspect
@@ -277,18 +276,3 @@ def test_unknown_format_names_the_path_and_the_formats(tmp_path):
     assert str(e.value).startswith(f"{tmp_path}: unknown dataset format")
     assert all(fmt in str(e.value) for fmt in ("densedepth", "bts", "nyu_labeled"))
 
-
-REAL = Path("/work/shared/data")
-
-
-@pytest.mark.skipif(not (REAL / "nyu_bts_sample").exists(), reason="reference data not present")
-def test_real_nyu_sample_and_list_files():
-    test = build_dataset(config(REAL / "nyu_bts_sample"), "test")
-    s = test[0]
-    assert test.format == "bts" and s["rgb"].shape == (3, 120, 160) and s["scene"] == "bookstore_0001d"
-    assert float((s["depth"] == 0).float().mean()) == pytest.approx(0.338, abs=0.005)
-    assert float(s["depth"].max()) == pytest.approx(10.0)  # 16-bit mm: 10000 -> 10 m
-    rows = read_bts_list(REAL / "nyu_splits/nyudepthv2_train_files_with_gt.txt")
-    assert len(rows) == 24231 and rows[0] == ("kitchen_0028b/rgb_00045.jpg", "kitchen_0028b/sync_depth_00045.png",
-                                              pytest.approx(518.8579))
-    assert len(read_bts_list(REAL / "nyu_splits/nyudepthv2_test_files_with_gt.txt")) == 654

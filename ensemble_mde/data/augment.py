@@ -76,13 +76,16 @@ def draw_params(rng: np.random.Generator, cfg_augment: dict, height: int, width:
     return AugmentParams(angle=angle, crop=(top, left, ch, cw), flip=flip, color=color)
 
 
-def rotate(maps: torch.Tensor, angle_deg: float, mode: str) -> torch.Tensor:
+def rotate(maps: torch.Tensor, angle_deg: float, mode: str,
+           window: tuple[int, int, int, int] | None = None) -> torch.Tensor:
     """[C,H,W] rotated counter-clockwise by `angle_deg` about the frame centre; `mode`
-    "bilinear" or "nearest"; pixels from outside the frame are 0."""
+    "bilinear" or "nearest"; pixels from outside the frame are 0. Only the output pixels
+    in `window` (top, left, height, width; default the whole frame) are computed."""
     c, h, w = maps.shape
+    top, left, out_h, out_w = window or (0, 0, h, w)
     a = math.radians(angle_deg)
-    ys = torch.arange(h, dtype=torch.float32) + 0.5 - h / 2
-    xs = torch.arange(w, dtype=torch.float32) + 0.5 - w / 2
+    ys = torch.arange(top, top + out_h, dtype=torch.float32) + 0.5 - h / 2
+    xs = torch.arange(left, left + out_w, dtype=torch.float32) + 0.5 - w / 2
     y, x = torch.meshgrid(ys, xs, indexing="ij")
     # Output pixel (x, y) samples the source at the point rotated back by -angle (y points down).
     src_x = math.cos(a) * x - math.sin(a) * y
@@ -95,20 +98,20 @@ def rotate(maps: torch.Tensor, angle_deg: float, mode: str) -> torch.Tensor:
 def warp(maps: torch.Tensor, params: AugmentParams, mode: str) -> torch.Tensor:
     """The geometric part of `params` (rotate, crop, flip) applied to [C,H,W] maps."""
     if params.angle:
-        maps = rotate(maps, params.angle, mode)
-    top, left, h, w = params.crop
-    maps = maps[:, top:top + h, left:left + w]
+        maps = rotate(maps, params.angle, mode, window=params.crop)
+    else:
+        top, left, h, w = params.crop
+        maps = maps[:, top:top + h, left:left + w]
     return maps.flip(-1) if params.flip else maps.contiguous()
 
 
 def jitter_color(rgb: torch.Tensor, color: tuple[float, float, tuple[float, float, float]]) -> torch.Tensor:
     """[3,H,W] in [0,1] scaled by brightness, contrast around its mean, per-channel factors; clamped."""
     brightness, contrast, channels = color
-    out = rgb * brightness
-    mean = out.mean()
-    out = (out - mean) * contrast + mean
-    out = out * torch.tensor(channels, dtype=rgb.dtype).view(3, 1, 1)
-    return out.clamp_(0.0, 1.0)
+    mean = float(rgb.mean()) * brightness
+    # ((rgb * b - mean) * c + mean) * k, folded into one multiply-add per pixel
+    k = torch.tensor(channels, dtype=rgb.dtype).view(3, 1, 1)
+    return torch.addcmul(k * (mean * (1.0 - contrast)), rgb, k * (brightness * contrast)).clamp_(0.0, 1.0)
 
 
 def augment_sample(sample: dict, rng: np.random.Generator, cfg_augment: dict,

@@ -91,7 +91,7 @@ def format_report(report: dict) -> str:
         if "absent" in s:
             lines.append(f"  {split:<5}  absent ({s['absent']})")
             continue
-        sizes = ", ".join(f"{k}" + (f" ({n})" if len(s["resolution"]) > 1 else "") for k, n in s["resolution"].items())
+        sizes = ", ".join(k + (f" ({n})" if len(s["resolution"]) > 1 else "") for k, n in s["resolution"].items())
         encodings = ", ".join(s["depth_encoding"])
         lo_hi = s["depth_range_m"]
         depth = f"{lo_hi[0]:.2f}-{lo_hi[1]:.2f} m" if lo_hi else "-"
@@ -132,8 +132,7 @@ def show_samples(cfg: dict, out: str | Path, *, n: int = 8, split: str | None = 
     valid_max = max(float(s["depth"].max()) for s in samples)
     vmax = min(float(cfg["data"]["max_depth"]), valid_max)
     # The far end of DEPTH_CMAP is near-black: stop at 85% so far depth stays distinct from holes.
-    cmap = ListedColormap(plt.get_cmap(DEPTH_CMAP)(np.linspace(0.0, 0.85, 256)))
-    cmap.set_bad("black")
+    cmap = ListedColormap(plt.get_cmap(DEPTH_CMAP)(np.linspace(0.0, 0.85, 256))).with_extremes(bad="black")
     depth_axes = []
     for ax in axes.ravel():
         ax.set_axis_off()

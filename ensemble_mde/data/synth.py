@@ -204,9 +204,10 @@ def _texture(rng, kind: str, side: int, c0: np.ndarray, c1: np.ndarray) -> np.nd
     return np.clip(img, 0, 1).astype(_F32)
 
 
-def _material(rng, kinds, side: int, tile_m, c0: np.ndarray, c1: np.ndarray) -> Material:
+def _material(rng, kinds, side: int, tile_m, c0: np.ndarray, c1: np.ndarray, emissive: bool = False) -> Material:
+    """A texture of a random kind among `kinds`, tiling every U(*tile_m) metres."""
     kind = kinds[int(rng.integers(len(kinds)))]
-    return Material(_texture(rng, kind, side, c0, c1), rng.uniform(*tile_m))
+    return Material(_texture(rng, kind, side, c0, c1), rng.uniform(*tile_m), emissive)
 
 
 # ----------------------------------------------------------------------------- primitives
@@ -218,7 +219,7 @@ def _texel_offset(rng) -> tuple[float, float]:
 
 @dataclass
 class _Primitive:
-    """Shared parts of the scene objects: material, texture offset, and bounds-derived helpers."""
+    """Bounds shared by Box, Cylinder and Sphere (each defines `corners` [8, 3], metres)."""
 
     @functools.cached_property
     def aabb(self) -> np.ndarray:
@@ -387,10 +388,9 @@ def _seamless_arc(r: float, material: Material) -> float:
 
 @dataclass
 class _Face:
-    """One inner face of the room box: the plane coordinate `axis` = `at`, normal `sign` along it."""
+    """One inner face of the room box: a plane across coordinate `axis`, its normal `sign` along it."""
 
     axis: int
-    at: float
     sign: float
     material: Material
     offset: tuple[float, float]
@@ -435,8 +435,8 @@ class Room:
     def build(cls, size, face_materials, objects, light) -> Room:
         """`face_materials`: floor, ceiling, wall x=0, wall x=Lx, wall y=0, wall y=Ly."""
         lx, ly, lz = (float(v) for v in size)
-        planes = [(2, 0.0, 1.0), (2, lz, -1.0), (0, 0.0, 1.0), (0, lx, -1.0), (1, 0.0, 1.0), (1, ly, -1.0)]
-        faces = [_Face(a, at, s, m, (0.0, 0.0)) for (a, at, s), m in zip(planes, face_materials)]
+        planes = [(2, 1.0), (2, -1.0), (0, 1.0), (0, -1.0), (1, 1.0), (1, -1.0)]  # order of _ROOM_FACES
+        faces = [_Face(axis, sign, m, (0.0, 0.0)) for (axis, sign), m in zip(planes, face_materials)]
         return cls((lx, ly, lz), faces, list(objects), light)
 
 
@@ -512,7 +512,7 @@ def _room_materials(rng) -> list[Material]:
     return [floor, ceiling, *walls]
 
 
-def _place_wall_furniture(rng, lay: _Layout, palette) -> None:
+def _place_wall_furniture(rng, lay: _Layout, palette, supports: list) -> None:
     lx, ly, lz = lay.size
     for _ in range(int(rng.integers(2, 7))):
         wall = int(rng.integers(4))
@@ -524,6 +524,8 @@ def _place_wall_furniture(rng, lay: _Layout, palette) -> None:
             box = _against_wall(rng, lay.size, wall, width, depth, 0.0, height, palette[int(rng.integers(len(palette)))],
                                 rng.uniform(0.0, 0.05))
             if lay.try_add([box]):
+                if height < 1.6:
+                    supports.append(box)
                 break
 
 
@@ -556,24 +558,28 @@ def _place_free_furniture(rng, lay: _Layout, palette, supports: list) -> None:
                 break
 
 
-def _place_round_things(rng, lay: _Layout, palette, supports: list) -> None:
-    """Cylinders and spheres on the floor or on top of a box or table."""
+def _place_small_things(rng, lay: _Layout, palette, supports: list) -> None:
+    """Small boxes, cylinders and spheres on top of furniture, and larger ones on the floor."""
     lx, ly, _ = lay.size
-    for _ in range(int(rng.integers(1, 6))):
+    for _ in range(int(rng.integers(2, 10))):
         material = palette[int(rng.integers(len(palette)))]
-        on_top = supports and rng.random() < 0.5
+        on_top = supports and rng.random() < 0.65
+        kind = rng.random()
         for _ in range(10):
-            if on_top:
+            if on_top:  # r: radius of a circle holding the footprint
                 base = supports[int(rng.integers(len(supports)))]
-                r = rng.uniform(0.04, min(0.18, base.hx, base.hy) * 0.9)
+                r = rng.uniform(0.04, max(0.05, min(0.2, base.hx, base.hy) * 0.9))
                 ux, uy = rng.uniform(-1, 1) * (base.hx - r), rng.uniform(-1, 1) * (base.hy - r)
                 x, y, z0 = base.x + base.c * ux - base.s * uy, base.y + base.s * ux + base.c * uy, base.z1
-                height = rng.uniform(0.08, 0.4)
+                height = rng.uniform(0.05, 0.4)
             else:
                 r = rng.uniform(0.1, 0.35)
                 x, y, z0 = rng.uniform(r + 0.05, lx - r - 0.05), rng.uniform(r + 0.05, ly - r - 0.05), 0.0
-                height = rng.uniform(0.3, 1.2)
-            if rng.random() < 0.5:
+                height = rng.uniform(0.2, 1.2)
+            if kind < 0.4:
+                obj = Box(x, y, r * rng.uniform(0.4, 0.7), r * rng.uniform(0.4, 0.7), z0, z0 + height,
+                          rng.uniform(0, math.pi), material, _texel_offset(rng))
+            elif kind < 0.7:
                 obj = Cylinder(x, y, r, z0, z0 + height, material, _texel_offset(rng))
             else:
                 obj = Sphere(x, y, z0 + r, r, material, _texel_offset(rng))
@@ -591,8 +597,7 @@ def _place_wall_things(rng, lay: _Layout) -> None:
         things.append((rng.uniform(0.8, 1.0), 0.0, min(rng.uniform(2.0, 2.15), lz - 0.1), rng.uniform(0.03, 0.05), wood))
     if rng.random() < 0.5:
         sky = _colour(rng, (0.5, 0.65), (0.05, 0.35), (0.85, 1.0))
-        glass = _material(rng, ["noise"], 128, (1.0, 3.0), sky, np.clip(sky * 0.85, 0, 1).astype(_F32))
-        glass.emissive = True
+        glass = _material(rng, ["noise"], 128, (1.0, 3.0), sky, np.clip(sky * 0.85, 0, 1).astype(_F32), emissive=True)
         z0 = rng.uniform(0.8, 1.1)
         things.append((rng.uniform(0.8, 1.6), z0, min(z0 + rng.uniform(0.9, 1.4), lz - 0.2), 0.02, glass))
     for _ in range(int(rng.integers(0, 4))):
@@ -620,9 +625,9 @@ def build_room(seed: int, split: str, room: int) -> Room:
     lay = _Layout(size)
     palette = [_furniture_material(rng) for _ in range(int(rng.integers(3, 6)))]
     supports: list = []
-    _place_wall_furniture(rng, lay, palette)
+    _place_wall_furniture(rng, lay, palette, supports)
     _place_free_furniture(rng, lay, palette, supports)
-    _place_round_things(rng, lay, palette, supports)
+    _place_small_things(rng, lay, palette, supports)
     _place_wall_things(rng, lay)
     for _ in range(int(rng.random() < 0.5)):  # a rug: thin, may lie under furniture
         w, d = rng.uniform(1.0, min(3.0, size[0] - 0.6)), rng.uniform(0.8, min(2.2, size[1] - 0.6))
@@ -731,6 +736,7 @@ def _shadows(room: Room, px, py, pz, sid) -> np.ndarray:
     d2 = vx * vx + vy * vy + vz * vz
     inv = 1 / np.sqrt(d2)
     ux, uy, uz = vx * inv, vy * inv, vz * inv
+    cos = np.empty_like(ux)  # of the angle between a pixel's and an occluder's direction from the light
     lit = np.ones(px.shape, bool)
     for k, obj in enumerate(room.objects):
         if not obj.casts_shadow:
@@ -740,8 +746,10 @@ def _shadows(room: Room, px, py, pz, sid) -> np.ndarray:
         dist = float(np.linalg.norm(w))
         if dist > radius:  # candidates: inside the cone of the bounding sphere seen from the light
             ax, ay, az = (w / dist).tolist()
-            cand = (ux * ax + uy * ay + uz * az > math.sqrt(1 - (radius / dist) ** 2)) & (d2 > (dist - radius) ** 2)
-            idx = np.flatnonzero(cand)
+            np.multiply(ux, ax, out=cos)
+            cos += uy * ay
+            cos += uz * az
+            idx = np.flatnonzero(cos > math.sqrt(1 - (radius / dist) ** 2))
         else:
             idx = np.arange(px.size)
         idx = idx[sid[idx] != _ROOM_FACES + k]  # a convex object's own shadow is its back faces

@@ -17,6 +17,8 @@ COMMAND_MODULES = [
     "ensemble_mde.commands.data",
     "ensemble_mde.commands.train",
     "ensemble_mde.commands.evaluate",
+    "ensemble_mde.commands.meta",
+    "ensemble_mde.commands.meter",
 ]
 
 
@@ -54,6 +56,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def one_line(error: EnsembleError) -> str:
+    """The error's message; for one re-raised from a DataLoader worker (whose message is the
+    worker's whole traceback), the original `Type: message` line without the type."""
+    text = str(error).strip()
+    if "\n" not in text:
+        return text
+    last = text.splitlines()[-1]
+    return last.split(": ", 1)[1] if last.startswith(("ensemble_mde.", type(error).__name__)) else last
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -63,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         code = args.func(args)
     except EnsembleError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

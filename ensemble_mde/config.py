@@ -80,8 +80,8 @@ def _float_or_same(value: Any) -> Any:
 
 
 def _coerce(value: Any, default: Any, key: str, source: str) -> Any:
-    """Check `value` against the type of the packaged `default` (None accepts anything)."""
-    if default is None or value is None:
+    """Check `value` against the type of the packaged `default` (None and "auto" accept anything)."""
+    if default is None or value is None or default == "auto":
         return value
     if isinstance(default, bool):
         ok = isinstance(value, bool)

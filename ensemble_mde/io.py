@@ -14,7 +14,8 @@ import torch
 from ensemble_mde.errors import CheckpointError
 
 
-def _atomic_replace(path: Path, write) -> None:
+def atomic_write_with(path: Path, write) -> None:
+    """Call write(binary file) on a temp file beside `path`, fsync, then rename it over `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -32,11 +33,11 @@ def _atomic_replace(path: Path, write) -> None:
 
 def atomic_save(obj: Any, path: str | Path) -> None:
     """torch.save to a temp file in the same folder, then rename over `path`."""
-    _atomic_replace(Path(path), lambda f: torch.save(obj, f))
+    atomic_write_with(Path(path), lambda f: torch.save(obj, f))
 
 
 def atomic_write_text(text: str, path: str | Path) -> None:
-    _atomic_replace(Path(path), lambda f: f.write(text.encode("utf-8")))
+    atomic_write_with(Path(path), lambda f: f.write(text.encode("utf-8")))
 
 
 def atomic_write_json(obj: Any, path: str | Path) -> None:

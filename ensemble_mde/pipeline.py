@@ -30,7 +30,7 @@ def base_config(name: str, *, config_file=None, overrides=(), preset=None) -> di
 def finalize_paths(cfg: dict) -> dict:
     """Make data and weight paths absolute, so a run folder works from any directory."""
     cfg["data"]["path"] = str(Path(cfg["data"]["path"]).expanduser().resolve())
-    for key in ("train_list", "test_list"):
+    for key in ("train_list", "test_list", "train_root", "test_root"):
         if cfg["data"].get(key):
             cfg["data"][key] = str(Path(cfg["data"][key]).expanduser().resolve())
     if cfg.get("model", {}).get("pretrained_path"):

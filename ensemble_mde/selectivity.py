@@ -20,12 +20,15 @@ dissect.py); our own implementation:
   counts them as response 0 in the mean over the other bins, we average over the *present*
   other bins only; a unit whose bin a is absent, or that has no present other bin, gets
   s = 0 (in the regulariser it still counts in the mean over units, as in the paper).
+- A learner that pads its input to a multiple of `input_multiple` pixels computes its maps
+  over the padded frame; the part of each map that covers the padding is left out.
 """
 
 from __future__ import annotations
 
 import difflib
 import math
+from pathlib import Path
 from typing import Iterable, Mapping
 
 import torch
@@ -77,9 +80,14 @@ def main_tensor(output) -> torch.Tensor:
     raise ModelError(f"hooked layer produced no tensor (got {type(output).__name__})")
 
 
-def _selectable(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
-    """model.selectable_layers(), looking through DistributedDataParallel's `.module`."""
-    inner = model if hasattr(model, "selectable_layers") else getattr(model, "module", model)
+def _inner(model: torch.nn.Module) -> torch.nn.Module:
+    """The learner itself, looking through DistributedDataParallel's `.module`."""
+    return model if hasattr(model, "selectable_layers") else getattr(model, "module", model)
+
+
+def selectable_layers(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
+    """model.selectable_layers() of the learner (see `_inner`)."""
+    inner = _inner(model)
     if not hasattr(inner, "selectable_layers"):
         raise ModelError(f"{type(inner).__name__} has no selectable_layers()")
     return inner.selectable_layers()
@@ -87,7 +95,7 @@ def _selectable(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
 
 def resolve_layers(model: torch.nn.Module, layer_names: Iterable[str]) -> dict[str, torch.nn.Module]:
     """{name: module} for the requested names; an unknown name is a ModelError naming the closest."""
-    layers = _selectable(model)
+    layers = selectable_layers(model)
     out = {}
     for name in layer_names:
         if name not in layers:
@@ -98,14 +106,32 @@ def resolve_layers(model: torch.nn.Module, layer_names: Iterable[str]) -> dict[s
     return out
 
 
+class LayerOutputs(dict):
+    """{layer: output tensor [B,K,h,w]} of the latest forward pass, plus `extent`: the
+    fraction (rows, cols) of every map that covers the input image. A learner that pads its
+    input to a multiple of `input_multiple` pixels (bottom/right) computes its maps over the
+    padded frame; the responses leave that padding out (see `bin_responses`)."""
+
+    extent: tuple[float, float] = (1.0, 1.0)
+
+
+def input_extent(model: torch.nn.Module, height: int, width: int) -> tuple[float, float]:
+    """(rows, cols) fraction of the padded frame that a height x width input fills, for a
+    learner that pads to a multiple of its `input_multiple` attribute (1: no padding)."""
+    multiple = int(getattr(_inner(model), "input_multiple", 1))
+    return height / (-(-height // multiple) * multiple), width / (-(-width // multiple) * multiple)
+
+
 class LayerHooks:
     """Context manager: forward hooks on named selectable layers. After each forward,
     `outputs[name]` holds that layer's latest output tensor (see `main_tensor`), still part
-    of the autograd graph so a regulariser on it trains the layer."""
+    of the autograd graph so a regulariser on it trains the layer; `outputs.extent` says how
+    much of each map covers the input (see `LayerOutputs`)."""
 
     def __init__(self, model: torch.nn.Module, layer_names: Iterable[str]):
+        self.model = model
         self.layers = resolve_layers(model, layer_names)
-        self.outputs: dict[str, torch.Tensor] = {}
+        self.outputs = LayerOutputs()
         self._handles: list = []
 
     def _hook(self, name: str):
@@ -113,32 +139,43 @@ class LayerHooks:
             self.outputs[name] = main_tensor(output)
         return store
 
+    def _record_input(self, module, inputs) -> None:
+        if inputs and isinstance(inputs[0], torch.Tensor) and inputs[0].dim() >= 2:
+            self.outputs.extent = input_extent(self.model, *inputs[0].shape[-2:])
+
     def __enter__(self) -> "LayerHooks":
-        self._handles = [m.register_forward_hook(self._hook(n)) for n, m in self.layers.items()]
+        self._handles = [_inner(self.model).register_forward_pre_hook(self._record_input)]
+        self._handles += [m.register_forward_hook(self._hook(n)) for n, m in self.layers.items()]
         return self
 
     def __exit__(self, *exc) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles = []
-        self.outputs = {}
+        self.outputs = LayerOutputs()
 
 
-def bin_responses(features: torch.Tensor, bins: torch.Tensor, n_bins: int) -> tuple[torch.Tensor, torch.Tensor]:
+def bin_responses(features: torch.Tensor, bins: torch.Tensor, n_bins: int,
+                  extent: tuple[float, float] = (1.0, 1.0)) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-bin sums of upsampled features.
 
     features [B,K,h,w]; bins [B,1,H,W] long (-1 = no bin). Each image's features are
     upsampled bilinearly to H x W and summed over the pixels of each bin (index_add, one
-    image at a time: memory K·H·W). Returns (sums [K,n_bins] in the features' float dtype
-    (at least float32), counts [n_bins] float). Differentiable w.r.t. features.
+    image at a time: memory K·H·W). extent (rows, cols): the fraction of the map that covers
+    the image (the rest covers the learner's bottom/right padding): the map is then
+    upsampled to H/rows x W/cols and cropped to H x W. Returns (sums [K,n_bins] in the
+    features' float dtype (at least float32), counts [n_bins] float). Differentiable
+    w.r.t. features.
     """
     b, k = features.shape[:2]
-    size = bins.shape[-2:]
+    size = tuple(bins.shape[-2:])
+    padded = (round(size[0] / extent[0]), round(size[1] / extent[1]))
     dtype = torch.promote_types(features.dtype, torch.float32)
     sums = features.new_zeros(k, n_bins + 1, dtype=dtype)  # column n_bins collects "no bin"
     counts = torch.zeros(n_bins + 1, dtype=dtype, device=features.device)
     for i in range(b):
-        f = F.interpolate(features[i:i + 1].to(dtype), size=size, mode="bilinear", align_corners=False)
+        f = F.interpolate(features[i:i + 1].to(dtype), size=padded, mode="bilinear", align_corners=False)
+        f = f[..., :size[0], :size[1]]
         idx = bins[i].reshape(-1).to(features.device)
         idx = torch.where(idx < 0, torch.full_like(idx, n_bins), idx)
         sums = sums.index_add(1, idx, f.reshape(k, -1))
@@ -195,19 +232,23 @@ def selectivity_regularizer(
     bin_alpha: float = NYU_ALPHA,
     bin_beta: float = NYU_BETA,
     max_bins: int = MAX_BINS,
+    extent: tuple[float, float] | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Loss term alpha · Σ_layers mean_k s_k on this batch.
 
     features_by_layer: {layer: [B,K,h,w]} (e.g. LayerHooks.outputs); gt [B,1,H,W] metres.
-    Responses are means of |features|; unit k's bin is fixed, d_k = floor(k·N_b/K).
-    Returns (term, {layer: mean selectivity}), both in the autograd graph.
+    extent: the part of the maps that covers the image (default: `features_by_layer.extent`
+    when it is a LayerOutputs, else all of it). Responses are means of |features|; unit k's
+    bin is fixed, d_k = floor(k·N_b/K). Returns (term, {layer: mean selectivity}), both in
+    the autograd graph.
     """
+    extent = extent or getattr(features_by_layer, "extent", (1.0, 1.0))
     n_bins = {name: bins_for_channels(f.shape[1], max_bins) for name, f in features_by_layer.items()}
     bins = _bins_by_count(gt, n_bins.values(), bin_alpha, bin_beta)
     per_layer = {}
     for name, features in features_by_layer.items():
         nb = n_bins[name]
-        sums, counts = bin_responses(features.abs(), bins[nb], nb)
+        sums, counts = bin_responses(features.abs(), bins[nb], nb, extent)
         responses = sums / counts.clamp(min=1)
         assigned = fixed_bins(features.shape[1], nb, device=features.device)
         per_layer[name] = selectivity_index(responses, assigned, present=counts > 0).mean()
@@ -233,13 +274,16 @@ class SelectivityDissection:
         self.counts: dict[str, torch.Tensor] = {}
 
     @torch.no_grad()
-    def update(self, features_by_layer: Mapping[str, torch.Tensor], gt: torch.Tensor) -> None:
-        """Add one batch: features {layer: [B,K,h,w]}, gt [B,1,H,W] metres."""
+    def update(self, features_by_layer: Mapping[str, torch.Tensor], gt: torch.Tensor,
+               extent: tuple[float, float] | None = None) -> None:
+        """Add one batch: features {layer: [B,K,h,w]}, gt [B,1,H,W] metres; extent as in
+        `selectivity_regularizer`."""
+        extent = extent or getattr(features_by_layer, "extent", (1.0, 1.0))
         n_bins = {name: bins_for_channels(f.shape[1], self.max_bins) for name, f in features_by_layer.items()}
         bins = _bins_by_count(gt, n_bins.values(), self.alpha, self.beta)
         for name, features in features_by_layer.items():
             nb = n_bins[name]
-            sums, counts = bin_responses(features.detach().float(), bins[nb], nb)
+            sums, counts = bin_responses(features.detach().float(), bins[nb], nb, extent)
             if name not in self.sums:
                 self.sums[name] = torch.zeros_like(sums, dtype=torch.float64)
                 self.counts[name] = torch.zeros_like(counts, dtype=torch.float64)
@@ -295,7 +339,7 @@ class ZeroUnits:
 
 def ablation_curve(model: torch.nn.Module, dataset, layer: str, unit_order, ks: Iterable[int], *,
                    random_repeats: int = 1, seed: int = 0, device: str | torch.device = "cpu",
-                   **eval_kwargs) -> dict:
+                   progress=None, **eval_kwargs) -> dict:
     """RMSE (metres) on `dataset` after zeroing the k most selective units of `layer`,
     against k random units, for each k in `ks`.
 
@@ -303,6 +347,8 @@ def ablation_curve(model: torch.nn.Module, dataset, layer: str, unit_order, ks: 
     `torch.argsort(selectivity, descending=True)`). Random curves average `random_repeats`
     seeded permutations. The model should already be on `device`; eval_kwargs go to
     `evaluation.evaluate_model` (input_size, eigen_crop, min_depth, max_depth, batch_size ...).
+    Each distinct set of zeroed units is scored once (k = 0 and k = K are shared by both
+    curves); progress: optional callable(done, total) after each scoring.
     Returns {"layer", "k": [...], "top_rmse": [...], "random_rmse": [...]}.
     """
     from ensemble_mde.evaluation import evaluate_model
@@ -311,12 +357,115 @@ def ablation_curve(model: torch.nn.Module, dataset, layer: str, unit_order, ks: 
     channels = len(order)
     gen = torch.Generator().manual_seed(seed)
     perms = [torch.randperm(channels, generator=gen).tolist() for _ in range(random_repeats)]
-
-    def rmse(units: list[int]) -> float:
-        with ZeroUnits(model, layer, units, channels):
-            return float(evaluate_model(model, dataset, device=torch.device(device), **eval_kwargs).compute()["rmse"])
-
     ks = [int(k) for k in ks]
-    top = [rmse(order[:k]) for k in ks]
-    rand = [sum(rmse(p[:k]) for p in perms) / len(perms) for k in ks]
+    unit_sets = {frozenset(units[:k]) for k in ks for units in (order, *perms)}
+    scores: dict[frozenset, float] = {}
+    for units in sorted(unit_sets, key=len):
+        with ZeroUnits(model, layer, units, channels):
+            acc = evaluate_model(model, dataset, device=torch.device(device), **eval_kwargs)
+        scores[units] = float(acc.compute()["rmse"])
+        if progress is not None:
+            progress(len(scores), len(unit_sets))
+    top = [scores[frozenset(order[:k])] for k in ks]
+    rand = [sum(scores[frozenset(p[:k])] for p in perms) / len(perms) for k in ks]
     return {"layer": layer, "k": ks, "top_rmse": top, "random_rmse": rand}
+
+
+def dissect_dataset(model: torch.nn.Module, dataset, layer_names: Iterable[str], *,
+                    device: str | torch.device = "cpu", input_size: tuple[int, int] | None = None,
+                    batch_size: int = 4, workers: int = 0, progress=None, **dissection_kwargs) -> SelectivityDissection:
+    """Stream every sample of `dataset` through `model` and accumulate the dissection of
+    `layer_names` (memory independent of the dataset size).
+
+    RGB is resized to `input_size` as in evaluation (None: each frame at its own size, one
+    at a time); GT stays at its own resolution. progress: optional callable(n_done).
+    dissection_kwargs go to SelectivityDissection (alpha, beta, max_bins).
+    """
+    from ensemble_mde.evaluation import resize_rgb
+
+    dissection = SelectivityDissection(**dissection_kwargs)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size if input_size else 1, shuffle=False,
+                                         num_workers=workers, collate_fn=list)
+    device = torch.device(device)
+    model.eval()
+    with LayerHooks(model, layer_names) as hooks, torch.inference_mode():
+        for samples in loader:
+            model(torch.cat([resize_rgb(s["rgb"][None], input_size) for s in samples]).to(device))
+            for i, sample in enumerate(samples):
+                dissection.update({name: f[i:i + 1] for name, f in hooks.outputs.items()},
+                                  sample["depth"][None].to(device), hooks.outputs.extent)
+            if progress is not None:
+                progress(len(samples))
+    return dissection
+
+
+def layer_statistics(dissection: SelectivityDissection, threshold: float = 0.5) -> list[dict]:
+    """One row per layer, in the dissection's order: units K, bins N_b, bins_seen (bins with
+    GT pixels), mean / std (population) / median selectivity, and frac_above (share of units
+    with s > threshold)."""
+    present = dissection.present_bins()
+    rows = []
+    for name, s in dissection.result().items():
+        rows.append({"layer": name, "units": int(s.numel()), "bins": int(present[name].numel()),
+                     "bins_seen": int(present[name].sum()), "mean": float(s.mean()),
+                     "std": float(s.std(unbiased=False)), "median": float(s.median()),
+                     "frac_above": float((s > threshold).double().mean())})
+    return rows
+
+
+def _save_figure(fig, path: Path) -> None:
+    """PNG written atomically (temp file, then rename)."""
+    from ensemble_mde.io import atomic_write_with
+
+    atomic_write_with(Path(path), lambda f: fig.savefig(f, format="png", dpi=100))
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_selectivity_histograms(per_unit: Mapping[str, torch.Tensor], path: Path, title: str = "") -> None:
+    """A grid of histograms of unit selectivity in [0, 1], one panel per layer."""
+    plt = _pyplot()
+    names = list(per_unit)
+    cols = min(4, max(1, len(names)))
+    rows = -(-len(names) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.0 * cols, 2.3 * rows), squeeze=False)
+    for ax in axes.flat[len(names):]:
+        ax.set_visible(False)
+    for ax, name in zip(axes.flat, names):
+        s = per_unit[name].double().cpu().numpy()
+        ax.hist(s, bins=20, range=(0.0, 1.0), color="tab:blue")
+        ax.axvline(float(s.mean()), color="tab:red", linewidth=1)
+        ax.set_title(f"{name} ({s.size} units, mean {s.mean():.2f})", fontsize=8)
+        ax.set_xlim(0, 1)
+        ax.tick_params(labelsize=7)
+    fig.supxlabel("depth selectivity", fontsize=9)
+    fig.supylabel("units", fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    _save_figure(fig, path)
+    plt.close(fig)
+
+
+def save_ablation_plot(curve: Mapping, path: Path, title: str = "") -> None:
+    """RMSE (m) against the number of zeroed units: most selective first vs random."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(4.8, 3.4))
+    ax.plot(curve["k"], curve["top_rmse"], "o-", label="most selective units zeroed")
+    ax.plot(curve["k"], curve["random_rmse"], "s--", label="random units zeroed")
+    ax.set_xlabel(f"units zeroed in {curve['layer']}")
+    ax.set_ylabel("RMSE (m)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    _save_figure(fig, path)
+    plt.close(fig)

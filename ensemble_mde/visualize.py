@@ -11,13 +11,23 @@ from PIL import Image
 DEPTH_CMAP = "magma_r"  # near = bright, far = dark
 
 
-def _mpl():
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def depth_colormap():
+    """DEPTH_CMAP cut at 85%: its far end is near-black, which would look like a hole;
+    invalid pixels (masked) are black."""
+    from matplotlib.colors import ListedColormap
+
+    plt = pyplot()
+    return ListedColormap(plt.get_cmap(DEPTH_CMAP)(np.linspace(0.0, 0.85, 256))).with_extremes(bad="black")
 
 
 def save_depth_png(depth: torch.Tensor | np.ndarray, path: Path) -> None:
@@ -29,14 +39,12 @@ def save_depth_png(depth: torch.Tensor | np.ndarray, path: Path) -> None:
 
 def save_colorized_depth(depth, path: Path, *, max_depth: float = 10.0, title: str = "") -> None:
     """[H,W] metres -> PNG with a colour bar in metres (invalid pixels black)."""
-    plt = _mpl()
+    plt = pyplot()
     d = np.asarray(depth, dtype=np.float32)
     h, w = d.shape
     fig, ax = plt.subplots(figsize=(max(3.0, w / 100 + 1.2), max(2.4, h / 100)), dpi=100)
     shown = np.ma.masked_less_equal(d, 0)
-    cmap = plt.get_cmap(DEPTH_CMAP).copy()
-    cmap.set_bad("black")
-    im = ax.imshow(shown, cmap=cmap, vmin=0, vmax=min(max_depth, float(d.max()) if d.size else max_depth))
+    im = ax.imshow(shown, cmap=depth_colormap(), vmin=0, vmax=min(max_depth, float(d.max()) if d.size else max_depth))
     ax.set_axis_off()
     if title:
         ax.set_title(title, fontsize=8)
@@ -48,7 +56,7 @@ def save_colorized_depth(depth, path: Path, *, max_depth: float = 10.0, title: s
 
 def save_weight_maps(weights: torch.Tensor, names, path: Path) -> None:
     """[K,H,W] per-pixel learner weights in [0,1] -> one PNG with a panel per learner."""
-    plt = _mpl()
+    plt = pyplot()
     w = np.asarray(weights, dtype=np.float32)
     k = w.shape[0]
     names = list(names) if names else [f"learner {i}" for i in range(k)]

@@ -50,7 +50,7 @@ def _eval_config(run_cfg: dict, args) -> dict:
     cfg = run_cfg
     if args.data:
         cfg = config_mod.merge(cfg, {"data": {"path": args.data, "format": "auto", "train_list": None,
-                                              "test_list": None}}, strict=True, source="--data")
+                                              "test_list": None, "train_root": None, "test_root": None}}, strict=True, source="--data")
     for text in args.overrides:
         cfg = config_mod.merge(cfg, config_mod.parse_override(text), strict=True, source=f"--set {text}")
     cfg = finalize_paths(cfg)

@@ -113,8 +113,8 @@ def show_samples(cfg: dict, out: str | Path, *, n: int = 8, split: str | None = 
     """Save a grid of `n` evenly spaced samples of `split` (default: train if present, else
     test): RGB above colourised depth (invalid = black). Every sample is read before the
     image is written, so a bad file leaves no output."""
-    from ensemble_mde.io import _atomic_replace
-    from ensemble_mde.visualize import DEPTH_CMAP, _mpl
+    from ensemble_mde.io import atomic_write_with
+    from ensemble_mde.visualize import depth_colormap, pyplot
 
     out = Path(out)
     fmt = out.suffix.lower().lstrip(".") or "png"
@@ -123,16 +123,14 @@ def show_samples(cfg: dict, out: str | Path, *, n: int = 8, split: str | None = 
     dataset = build_dataset(cfg, split, augment=augment)
     samples = [dataset[i] for i in evenly_spaced(len(dataset), max(1, n))]
 
-    plt = _mpl()
-    from matplotlib.colors import ListedColormap
+    plt = pyplot()
 
     cols = min(4, len(samples))
     pair_rows = math.ceil(len(samples) / cols)
     fig, axes = plt.subplots(2 * pair_rows, cols, figsize=(3.0 * cols, 4.6 * pair_rows), squeeze=False)
     valid_max = max(float(s["depth"].max()) for s in samples)
     vmax = min(float(cfg["data"]["max_depth"]), valid_max)
-    # The far end of DEPTH_CMAP is near-black: stop at 85% so far depth stays distinct from holes.
-    cmap = ListedColormap(plt.get_cmap(DEPTH_CMAP)(np.linspace(0.0, 0.85, 256))).with_extremes(bad="black")
+    cmap = depth_colormap()
     depth_axes = []
     for ax in axes.ravel():
         ax.set_axis_off()
@@ -147,7 +145,7 @@ def show_samples(cfg: dict, out: str | Path, *, n: int = 8, split: str | None = 
     fig.colorbar(im, ax=depth_axes, fraction=0.03, pad=0.02, label="m")
     fig.suptitle(f"{dataset.root} ({split}{', augmented' if augment else ''})", fontsize=8)
     try:
-        _atomic_replace(out, lambda f: fig.savefig(f, format=fmt, dpi=100))
+        atomic_write_with(out, lambda f: fig.savefig(f, format=fmt, dpi=100))
     except ValueError as e:
         raise ConfigError(f"cannot write a {fmt!r} image ({e})", out) from None
     finally:

@@ -16,8 +16,19 @@ Facts taken from the official code (our own implementation):
 - The official model outputs centimetres; this module outputs metres (official weights
   are converted on import: ensemble_mde.weights scales `decoder.conv2d_out.weight`).
 
-Input: rgb [B,3,H,W] in [0,1]; ImageNet normalisation happens inside. H and W are
+Input: rgb [B,3,H,W] in [0,1]; ImageNet normalisation happens inside unless
+`imagenet_norm=False`. The official weights expect plain RGB in [0,1] (their architecture
+has no normalisation layer, third-party exports of them feed RGB in [0,1], and on the real
+NYU sample in /work/shared/data the imported METER-XXS scores abs_rel 0.18 / pixel
+correlation 0.83 on [0,1] input against 0.48 / 0.43 with ImageNet mean/std), so
+`ensemble_mde.weights` imports them with `imagenet_norm: false`. H and W are
 replicate-padded to a multiple of 64 (five stride-2 stages, then 2x2 patches at 1/32).
+
+Cost at 192x256 (`ensemble profile meter_xxs --size 192x256`): parameters exactly as
+published (713,464 / 1,449,760 / 3,295,168). torch.utils.flop_counter gives 0.223 / 0.629 /
+1.116 GMACs for xxs / xs / s against the published 0.186 / 0.579 / 0.975: its count of the
+convolutions alone is 0.178 / 0.548 / 0.943, the rest is the transformers' linear layers
+and attention matmuls.
 """
 
 from __future__ import annotations
@@ -231,17 +242,21 @@ class METER(DepthLearner):
     clips to [min_depth, max_depth].
     """
 
-    def __init__(self, variant: str = "xxs", min_depth: float = 1e-3, max_depth: float = 10.0, dropout: float = 0.0):
+    input_multiple = INPUT_MULTIPLE  # inputs are padded to this multiple (selectivity crops the padding out)
+
+    def __init__(self, variant: str = "xxs", min_depth: float = 1e-3, max_depth: float = 10.0, dropout: float = 0.0,
+                 imagenet_norm: bool = True):
         super().__init__(min_depth, max_depth)
         if variant not in VARIANTS:
             raise ValueError(f"unknown METER variant {variant!r}; one of {', '.join(VARIANTS)}")
         channels, dims, expansion, widths = VARIANTS[variant]
         self.variant = variant
+        self.imagenet_norm = bool(imagenet_norm)
         self.encoder = Encoder(channels, dims, expansion, dropout)
         self.decoder = Decoder(channels, widths)
 
     def forward(self, rgb: torch.Tensor) -> dict[str, torch.Tensor]:
-        x, (h, w) = pad_to_multiple(self.normalize(rgb), INPUT_MULTIPLE)
+        x, (h, w) = pad_to_multiple(self.normalize(rgb) if self.imagenet_norm else rgb, INPUT_MULTIPLE)
         features, skips = self.encoder(x)
         native = self.decoder(features, skips)
         depth = F.interpolate(native, size=x.shape[-2:], mode="bilinear", align_corners=False)

@@ -75,6 +75,7 @@ def test_import_converts_centimetres_and_rebuilds_the_run(tmp_path):
     model, cfg, ckpt = runs.load_run(best.parent)
     assert cfg["model"]["name"] == "meter_xxs" and cfg["run"]["name"] == "meter_xxs_official"
     assert cfg["run"]["input_size"] == [192, 256]  # the official training resolution
+    assert cfg["model"]["imagenet_norm"] is False and model.imagenet_norm is False  # official input: RGB in [0,1]
     assert ckpt["source"] == str(file) and ckpt["epoch"] == 0
     state = model.state_dict()
     assert torch.allclose(state["decoder.conv2d_out.weight"], official["decoder.conv2d_out.weight"] * 0.01)
@@ -125,4 +126,7 @@ def test_official_xxs_weights_predict_metres_on_a_real_nyu_image(tmp_path):
     valid = (gt > 1e-3) & (gt < 10)
     pred = F.interpolate(depth, size=gt.shape[-2:], mode="bilinear", align_corners=False)[valid]
     corr = torch.corrcoef(torch.stack([pred, gt[valid]]))[0, 1]
-    assert corr > 0.3  # the depth layout, not just the scale, comes through
+    abs_rel = ((pred - gt[valid]).abs() / gt[valid]).mean()
+    # the depth layout, not just the scale, comes through: 0.83 and 0.18 on plain RGB input
+    # (0.43 and 0.48 if the official weights were fed ImageNet-normalised RGB)
+    assert corr > 0.7 and abs_rel < 0.25

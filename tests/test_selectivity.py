@@ -213,3 +213,81 @@ def test_ablation_curve_zeroes_the_ordered_units():
     assert 0.5 <= curve["random_rmse"][1] <= 1.5
     with pytest.raises(ModelError, match="4 channels but the unit order names 3"):
         ablation_curve(SumOfUnits(), dataset, "units", [0, 1, 2], [1])
+
+
+class PaddingNet(nn.Module):
+    """Pads its input (bottom/right, replicate) to a multiple of 8 and exposes the padded
+    RGB itself as the hooked layer's output, like a learner whose maps cover the padding."""
+
+    input_multiple = 8
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Identity()
+
+    def forward(self, rgb):
+        from base_learners.common import pad_to_multiple
+
+        padded, (h, w) = pad_to_multiple(rgb, self.input_multiple)
+        return {"depth": self.features(padded)[:, :1, :h, :w]}
+
+    def selectable_layers(self):
+        return OrderedDict(features=self.features)
+
+
+def test_padding_the_learner_adds_is_left_out_of_the_responses():
+    gen = torch.Generator().manual_seed(2)
+    rgb = torch.rand(2, 3, 12, 10, generator=gen) + 0.1
+    gt = torch.rand(2, 1, 12, 10, generator=gen) * 9.0 + 0.5
+    net = PaddingNet()
+    padded_map = F.pad(rgb, (0, 6, 0, 4), mode="replicate")  # 12x10 -> 16x16
+    with LayerHooks(net, ["features"]) as hooks:
+        net(rgb)
+        assert torch.equal(hooks.outputs["features"], padded_map)
+        assert hooks.outputs.extent == (12 / 16, 10 / 16)
+        padded = SelectivityDissection()
+        padded.update(hooks.outputs, gt)
+        _, regularised = selectivity_regularizer(hooks.outputs, gt)
+    direct = SelectivityDissection()  # the same features without the padding
+    direct.update({"features": rgb}, gt)
+    assert torch.allclose(padded.mean_responses()["features"], direct.mean_responses()["features"], atol=1e-6)
+    _, expected = selectivity_regularizer({"features": rgb}, gt)
+    assert regularised["features"].item() == pytest.approx(expected["features"].item(), abs=1e-6)
+    squeezed = SelectivityDissection()  # ignoring the extent would squeeze the padded map onto the image
+    squeezed.update({"features": padded_map}, gt)
+    assert not torch.allclose(squeezed.mean_responses()["features"], direct.mean_responses()["features"], atol=1e-3)
+
+
+def test_dissect_dataset_streams_resized_rgb_against_native_gt():
+    from ensemble_mde.selectivity import dissect_dataset, layer_statistics
+
+    gen = torch.Generator().manual_seed(3)
+    dataset = [{"rgb": torch.rand(3, 12, 10, generator=gen), "depth": torch.rand(1, 6, 5, generator=gen) * 9 + 0.5,
+                "name": f"s{i}"} for i in range(3)]
+    net = PaddingNet()
+    dissection = dissect_dataset(net, dataset, ["features"], input_size=(24, 20), batch_size=2)
+    by_hand = SelectivityDissection()
+    for sample in dataset:  # model input 24x20 (padded to 24x24 inside), GT 6x5
+        rgb = F.interpolate(sample["rgb"][None], size=(24, 20), mode="bilinear", align_corners=False)
+        by_hand.update({"features": rgb}, sample["depth"][None])
+    assert torch.allclose(dissection.sums["features"], by_hand.sums["features"], atol=1e-5)
+    assert dissection.counts["features"].sum().item() == 3 * 6 * 5
+
+    s = dissection.result()["features"]
+    (row,) = layer_statistics(dissection, threshold=float(s.median()))
+    assert row["layer"] == "features" and row["units"] == 3 and row["bins"] == 3
+    assert row["bins_seen"] == int((dissection.counts["features"] > 0).sum())
+    assert row["mean"] == pytest.approx(s.mean().item()) and row["median"] == pytest.approx(s.median().item())
+    assert row["std"] == pytest.approx(s.std(unbiased=False).item())
+    assert row["frac_above"] == pytest.approx((s > s.median()).double().mean().item())
+
+
+def test_ablation_scores_each_distinct_unit_set_once():
+    from ensemble_mde.selectivity import ablation_curve
+
+    dataset = [{"rgb": torch.rand(3, 8, 8), "depth": torch.full((1, 8, 8), 4.0), "name": "s0"}]
+    calls = []
+    curve = ablation_curve(SumOfUnits(), dataset, "units", [1, 0, 3, 2], [0, 4], random_repeats=3,
+                           progress=lambda done, total: calls.append((done, total)))
+    assert calls == [(1, 2), (2, 2)]  # k = 0 and k = K zero the same units in every curve
+    assert curve["top_rmse"] == curve["random_rmse"]

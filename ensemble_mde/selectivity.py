@@ -420,18 +420,11 @@ def _save_figure(fig, path: Path) -> None:
     atomic_write_with(Path(path), lambda f: fig.savefig(f, format="png", dpi=100))
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def save_selectivity_histograms(per_unit: Mapping[str, torch.Tensor], path: Path, title: str = "") -> None:
     """A grid of histograms of unit selectivity in [0, 1], one panel per layer."""
-    plt = _pyplot()
+    from ensemble_mde.visualize import pyplot
+
+    plt = pyplot()
     names = list(per_unit)
     cols = min(4, max(1, len(names)))
     rows = -(-len(names) // cols)
@@ -456,7 +449,9 @@ def save_selectivity_histograms(per_unit: Mapping[str, torch.Tensor], path: Path
 
 def save_ablation_plot(curve: Mapping, path: Path, title: str = "") -> None:
     """RMSE (m) against the number of zeroed units: most selective first vs random."""
-    plt = _pyplot()
+    from ensemble_mde.visualize import pyplot
+
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(4.8, 3.4))
     ax.plot(curve["k"], curve["top_rmse"], "o-", label="most selective units zeroed")
     ax.plot(curve["k"], curve["random_rmse"], "s--", label="random units zeroed")

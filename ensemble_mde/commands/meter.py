@@ -96,7 +96,6 @@ def cmd_selectivity(args) -> int:
     from ensemble_mde.commands.evaluate import _eval_config
     from ensemble_mde.data import build_dataset, eigen_crop_default
     from ensemble_mde.device import resolve_device
-    from ensemble_mde.errors import ModelError
     from ensemble_mde.evaluation import model_input_size
     from ensemble_mde.io import atomic_write_json
     from ensemble_mde.loading import load_any_run
@@ -131,8 +130,6 @@ def cmd_selectivity(args) -> int:
         files.append(path)
     if args.ablate:
         layer = args.ablate_layer or max(rows, key=lambda r: r["mean"])["layer"]
-        if layer not in per_unit:
-            raise ModelError(f"--ablate-layer {layer!r} was not dissected", layer)
         order = torch.argsort(per_unit[layer], descending=True, stable=True)
         ks = _ablation_ks(args.ablate_k, len(order))
         with task_progress(enabled=not args.json) as bar:

@@ -8,6 +8,7 @@ Errors a user can cause (EnsembleError) print one line and exit with 2.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from ensemble_mde import __version__
@@ -19,6 +20,7 @@ COMMAND_MODULES = [
     "ensemble_mde.commands.evaluate",
     "ensemble_mde.commands.meta",
     "ensemble_mde.commands.meter",
+    "ensemble_mde.commands.compare",
 ]
 
 
@@ -67,17 +69,31 @@ def one_line(error: EnsembleError) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Run one command. Exit codes: 0 done; 2 bad input (one `error:` line on stderr);
+    130/143 stopped by SIGINT/SIGTERM (training first writes last.pt and says how to
+    resume). Under torchrun only rank 0 prints to stdout; errors from other ranks are
+    marked with their rank."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         sys.exit(0 if args.command is None else 2)
+    from ensemble_mde.distributed import env_rank
+
+    rank = env_rank()
+    prefix = f"[rank {rank}] " if rank else ""
+    if rank:
+        sys.stdout = open(os.devnull, "w", encoding="utf-8")
     try:
         code = args.func(args)
     except EnsembleError as e:
-        print(f"error: {one_line(e)}", file=sys.stderr)
+        print(f"{prefix}error: {one_line(e)}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
+    except OSError as e:  # disk full, permission denied ...: the file and the reason, no traceback
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"{prefix}error: {where}{e.strerror or e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt as e:  # Ctrl-C, or training stopped by a signal after saving last.pt
+        print(f"{prefix}{str(e) or 'interrupted'}", file=sys.stderr)
+        sys.exit(getattr(e, "exit_code", 130))
     sys.exit(code or 0)

@@ -1,0 +1,46 @@
+"""`ensemble train-meta`: the stacked-generalization meta-learner over trained bases."""
+
+from __future__ import annotations
+
+from ensemble_mde.commands.train import add_training_options
+
+
+def register(sub) -> None:
+    p = sub.add_parser("train-meta", help="train the U-Net meta-learner that weights the base learners per pixel",
+                       description="Stacked generalization: a U-Net looks at the image and/or the base depths and "
+                                   "outputs per-pixel weights; the ensemble depth is the weighted sum.")
+    p.add_argument("--inputs", choices=["rgb", "d", "rgb+d"], help="what the meta-learner sees (default rgb+d)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--freeze", dest="mode", action="store_const", const="freeze",
+                      help="bases fixed; their predictions cached once (default)")
+    mode.add_argument("--finetune", dest="mode", action="store_const", const="finetune",
+                      help="bases start from their checkpoints and train at a lower learning rate")
+    mode.add_argument("--simultaneous", dest="mode", action="store_const", const="simultaneous",
+                      help="bases and meta-learner train together from the start")
+    p.add_argument("--bases", metavar="RUN,RUN,...",
+                   help="base run folders (simultaneous: also learner names); default: newest adabins, bts, ldrn runs")
+    p.add_argument("--base-lr-factor", type=float, dest="base_lr_factor", help="finetune: base lr = lr x this")
+    add_training_options(p)
+    p.add_argument("--resume", action="store_true", help="continue from the run folder's last.pt")
+    p.set_defaults(func=cmd_train_meta)
+
+
+def cmd_train_meta(args) -> int:
+    from rich.console import Console
+
+    from ensemble_mde.pipeline import cli_overrides
+    from meta_learner.training import meta_config, train_meta
+
+    overrides = cli_overrides(args)
+    if args.base_lr_factor is not None:
+        overrides.append(f"ensemble.base_lr_factor={args.base_lr_factor}")
+    bases = [b.strip() for b in args.bases.split(",") if b.strip()] if args.bases else None
+    cfg = meta_config(inputs=args.inputs, mode=args.mode, bases=bases, config_file=args.config,
+                      overrides=overrides, preset=args.preset)
+    console = Console()
+    run_dir, summary = train_meta(cfg, resume=args.resume, progress=not args.no_progress, say=console.print)
+    last = summary["last_val"]
+    console.print(f"[bold]meta {cfg['meta']['inputs']} {cfg['ensemble']['mode']}[/] -> {run_dir}  best "
+                  f"{summary['best_metric']} {summary['best_value']:.4f}; last val rmse {last['rmse']:.4f} "
+                  f"abs_rel {last['abs_rel']:.4f} d1 {last['d1']:.4f}")
+    return 0

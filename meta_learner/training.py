@@ -1,0 +1,170 @@
+"""`train-meta`: pick the bases, build the stacked ensemble, fill the prediction cache
+(freeze mode), and train the weighting U-Net with the shared engine.
+
+    cfg = meta_config(inputs="rgb+d", mode="freeze", bases=["runs/adabins", "runs/bts"])
+    run_dir, summary = train_meta(cfg)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+import base_learners
+from ensemble_mde import config as config_mod
+from ensemble_mde import distributed, runs
+from ensemble_mde.device import resolve_device
+from ensemble_mde.engine import train
+from ensemble_mde.errors import ConfigError
+from ensemble_mde.io import file_sha256
+from ensemble_mde.pipeline import build_splits, finalize_paths, preflight
+from meta_learner.cache import CachedMetaDataset, PredictionCache, data_identity
+from meta_learner.ensemble import MODES, StackedEnsemble
+from meta_learner.loading import check_bases_unchanged
+from meta_learner.unet import WeightingUNet
+
+DEFAULT_BASES = ("adabins", "bts", "ldrn")
+
+
+def meta_config(*, inputs: str | None = None, mode: str | None = None, bases=None, config_file=None,
+                overrides=(), preset=None) -> dict:
+    """Resolved meta config: defaults < meta/unet < preset < file < overrides < the named choices."""
+    extra = list(overrides)
+    if inputs:
+        extra.append(f"meta.inputs={inputs}")
+    if mode:
+        extra.append(f"ensemble.mode={mode}")
+    if bases:
+        extra.append("ensemble.bases=[" + ", ".join(json.dumps(str(b)) for b in bases) + "]")
+    cfg = config_mod.load_config(["defaults", "meta/unet"], config_file, extra, preset)
+    if cfg["meta"]["inputs"] not in ("rgb", "d", "rgb+d"):
+        raise ConfigError(f"meta.inputs must be rgb, d or rgb+d, got {cfg['meta']['inputs']!r}", "meta.inputs")
+    if cfg["ensemble"]["mode"] not in MODES:
+        raise ConfigError(f"ensemble.mode must be one of {', '.join(MODES)}", "ensemble.mode")
+    return cfg
+
+
+def newest_finished_runs(runs_dir: Path, learners=DEFAULT_BASES) -> list[Path]:
+    """For each learner, the newest run folder under runs_dir with a summary.json (finished)."""
+    found = {}
+    for summary in Path(runs_dir).glob("*/summary.json"):
+        cfg_file = summary.parent / "config.yaml"
+        if not cfg_file.is_file() or not (summary.parent / "best.pt").is_file():
+            continue
+        learner = config_mod.read_yaml(cfg_file).get("model", {}).get("name")
+        if learner in learners and (learner not in found or summary.stat().st_mtime > found[learner][0]):
+            found[learner] = (summary.stat().st_mtime, summary.parent)
+    missing = [name for name in learners if name not in found]
+    if missing:
+        raise ConfigError(f"no finished run of {', '.join(missing)} under {runs_dir}; train them first "
+                          f"(ensemble train-base NAME) or pass --bases RUN,RUN,...", "ensemble.bases")
+    return [found[name][1] for name in learners]
+
+
+def resolve_bases(cfg: dict) -> list[dict]:
+    """One entry per base: {name, run (path or null), sha256 (or null), model (its model section),
+    input_size, data (the data section it was trained on)}."""
+    mode = cfg["ensemble"]["mode"]
+    entries = cfg["ensemble"]["bases"] or newest_finished_runs(Path(cfg["run"]["runs_dir"]))
+    resolved = []
+    for entry in entries:
+        path = Path(str(entry))
+        if path.exists():
+            ckpt_path = runs.resolve_checkpoint(path)
+            base_cfg = runs.read_checkpoint(ckpt_path)["config"]
+            resolved.append({"name": base_cfg["model"]["name"], "run": str(ckpt_path.resolve()),
+                             "sha256": file_sha256(ckpt_path), "model": base_cfg["model"],
+                             "data": base_cfg["data"], "input_size": base_cfg["run"].get("input_size")})
+        elif mode == "simultaneous" and str(entry) in base_learners.available():
+            base_cfg = config_mod.load_config(["defaults", f"base/{entry}"])
+            resolved.append({"name": str(entry), "run": None, "sha256": None, "model": base_cfg["model"],
+                             "data": None, "input_size": None})
+        else:
+            hint = " or a learner name (simultaneous mode only)" if mode != "simultaneous" else " or a learner name"
+            raise ConfigError(f"base {entry!r} is not a run folder{hint}", "ensemble.bases")
+    names = [r["name"] for r in resolved]
+    for r in resolved:  # two runs of one learner: tell them apart by their folder
+        if names.count(r["name"]) > 1 and r["run"]:
+            r["name"] = f"{r['name']}:{Path(r['run']).parent.name}"
+    return resolved
+
+
+def build_ensemble(cfg: dict) -> StackedEnsemble:
+    """The stacked ensemble as cfg["ensemble"]["resolved"] describes it (fresh weights)."""
+    resolved = cfg["ensemble"]["resolved"]
+    bases = [base_learners.create(r["model"]["name"], **runs.model_kwargs({"model": r["model"]})) for r in resolved]
+    meta = WeightingUNet(len(bases), max_depth=cfg["data"]["max_depth"], **cfg["meta"])
+    return StackedEnsemble(bases, meta, [r["name"] for r in resolved], mode=cfg["ensemble"]["mode"],
+                           min_depth=cfg["data"]["min_depth"], max_depth=cfg["data"]["max_depth"])
+
+
+def load_base_weights(ensemble: StackedEnsemble, resolved: list[dict]) -> None:
+    """Copy each trained base's checkpoint weights into the ensemble (fresh names stay random)."""
+    for base, r in zip(ensemble.bases, resolved):
+        if r["run"]:
+            path = Path(r["run"])
+            runs.load_state(base, runs.read_checkpoint(path)["model"], path, r["model"]["name"])
+
+
+def run_name(cfg: dict) -> str:
+    return f"meta_{cfg['meta']['inputs'].replace('+', '')}_{cfg['ensemble']['mode']}"
+
+
+def train_meta(cfg: dict, *, resume: bool = False, progress: bool = True, say=print):
+    """Train the meta-learner (and, by mode, the bases); returns (run folder, summary).
+    Under torchrun every process calls this; rank 0 fills the cache and writes the run."""
+    device = distributed.init(resolve_device(cfg["run"]["device"]))
+    say = say if distributed.is_main() else (lambda *args: None)  # rank 0 speaks for all
+    run_dir = runs.run_dir_for(cfg, run_name(cfg))
+    if resume and (run_dir / "last.pt").is_file():
+        cfg = runs.resume_config(run_dir, cfg, kind="meta")
+        check_bases_unchanged(cfg)
+    else:
+        cfg["ensemble"]["resolved"] = resolve_bases(cfg)
+        if cfg["data"]["path"] is None:  # train on the data the bases saw
+            trained = next((r["data"] for r in cfg["ensemble"]["resolved"] if r["data"]), None)
+            if trained is None:
+                raise ConfigError("fresh bases need --data PATH (no trained base to take the data from)", "data.path")
+            cfg["data"] = {**trained, "workers": cfg["data"]["workers"]}
+        cfg = finalize_paths(cfg)
+    preflight(cfg, run_dir)
+    mode = cfg["ensemble"]["mode"]
+    resolved = cfg["ensemble"]["resolved"]
+    say("bases: " + ", ".join(f"{r['name']} ({r['run'] or 'fresh'})" for r in resolved))
+
+    train_set, val_set, eigen_crop = build_splits(cfg)
+    if not cfg["run"].get("input_size") and not cfg["data"].get("size"):
+        cfg["run"]["input_size"] = list(val_set[0]["rgb"].shape[-2:])
+    torch.manual_seed(int(cfg["run"]["seed"]))
+    ensemble = build_ensemble(cfg)
+    load_base_weights(ensemble, resolved)
+
+    if mode == "freeze":
+        train_set = cached_training_set(cfg, ensemble, device, progress)
+    factor = 1.0 if mode == "simultaneous" else float(cfg["ensemble"]["base_lr_factor"])
+    groups = ensemble.param_groups(float(cfg["train"]["lr"]), factor)
+    summary = train(ensemble, cfg, train_set, val_set, run_dir, device=device, eigen_crop=eigen_crop,
+                    resume=resume, progress=progress, param_groups=groups)
+    return run_dir, summary
+
+
+def cached_training_set(cfg: dict, ensemble: StackedEnsemble, device, progress: bool) -> CachedMetaDataset:
+    """Freeze mode: the bases' predictions on the un-augmented training frames, computed
+    once into the HDF5 cache (reused across meta runs, rebuilt when a base changes; by
+    rank 0 alone under torchrun), with the geometric augmentation applied to RGB, GT and
+    the cached maps together."""
+    from ensemble_mde.data import build_dataset
+
+    plain = build_dataset(cfg, "train", augment=False)
+    frame = tuple(plain[0]["rgb"].shape[-2:])
+    data_id = data_identity(plain.root, plain.format, "train", [r.name for r in plain.records], frame)
+    cache_dir = Path(cfg["ensemble"]["cache_dir"] or Path(cfg["run"]["runs_dir"]) / ".cache")
+    hashes = [r["sha256"] for r in cfg["ensemble"]["resolved"]]
+    with distributed.main_process_first():  # rank 0 fills; the others then open the finished file
+        cache = PredictionCache.open(cache_dir, hashes, data_id)
+        cache.fill(plain, list(ensemble.bases), device=device, batch_size=int(cfg["train"]["val_batch_size"]),
+                   progress=progress and distributed.is_main())
+    return CachedMetaDataset(plain, cache, cfg["augment"] if cfg["augment"]["enabled"] else None,
+                             seed=int(cfg["run"]["seed"]))

@@ -23,9 +23,20 @@ def load_any_run(run: str | Path, device: torch.device | str = "cpu", which: str
     return model, cfg
 
 
-def packaged_learner(name: str):
-    """A freshly initialised learner from its packaged config: (model, cfg)."""
+META_TARGET = "meta"
+
+
+def packaged_learner(name: str, num_learners: int = 3):
+    """A freshly initialised learner from its packaged config: (model, cfg). The name
+    "meta" gives the weighting U-Net alone for `num_learners` bases (configs/meta/unet.yaml)."""
     import base_learners
+
+    if name == META_TARGET:
+        from meta_learner.unet import WeightingUNet, WeightingUNetOnRgb
+
+        cfg = config_mod.load_config(["defaults", "meta/unet"])
+        unet = WeightingUNet(num_learners, max_depth=cfg["data"]["max_depth"], **cfg["meta"])
+        return WeightingUNetOnRgb(unet).eval(), cfg
 
     if name not in base_learners.available():
         base_learners.create(name)  # raises the ModelError naming the closest learner

@@ -148,3 +148,16 @@ class WeightingUNet(nn.Module):
         state[first] = {"rgb": rgb_filters, "d": depth_filters,
                         "rgb+d": torch.cat([rgb_filters, depth_filters], dim=1)}[self.inputs].contiguous()
         self.encoder.model.load_state_dict(state)
+
+
+class WeightingUNetOnRgb(nn.Module):
+    """The U-Net alone as a forward(rgb) model, for profiling: its K depth inputs are made
+    from the image (a negligible cost), so params and mult-adds are the U-Net's own."""
+
+    def __init__(self, unet: WeightingUNet):
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, rgb: torch.Tensor) -> dict:
+        depths = self.unet.max_depth * rgb[:, :1].expand(-1, self.unet.num_learners, -1, -1)
+        return {"weights": self.unet(rgb, depths)}

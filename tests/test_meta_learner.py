@@ -11,6 +11,7 @@ from ensemble_mde.losses import silog_loss
 from ensemble_mde.profiling import count_gmacs, count_params
 from meta_learner import (BASELINES, MeanEnsemble, MedianEnsemble, OracleEnsemble, StackedEnsemble,
                           WeightedEnsemble, WeightingUNet, blend)
+from meta_learner.unet import WeightingUNetOnRgb
 
 H, W = 32, 48
 SMALL_UNET = dict(center_channels=16, decoder_channels=(16, 8, 8, 8, 8))
@@ -137,24 +138,13 @@ def test_unet_loads_local_encoder_weights_widening_the_first_conv(tmp_path):
     assert torch.equal(unet.encoder.model.state_dict()[f"blocks_7.0.{deep}"], classifier.state_dict()[f"blocks.7.0.{deep}"])
 
 
-class UNetOnRgb(nn.Module):
-    """The U-Net as a forward(rgb) model for ensemble_mde.profiling: K depth maps made from rgb."""
-
-    def __init__(self, unet: WeightingUNet):
-        super().__init__()
-        self.unet = unet
-
-    def forward(self, rgb):
-        return self.unet(rgb, 10 * rgb[:, :1].expand(-1, self.unet.num_learners, -1, -1))
-
-
 @pytest.mark.parametrize("inputs", ["rgb", "d", "rgb+d"])
 def test_unet_within_budget_at_416x544(inputs):
     """Acceptance: <= 4.3M params and <= 1.7 G mult-adds (FlopCounterMode flops / 2) at
     416x544 with K=3, counted at that size."""
     unet = WeightingUNet(3, inputs)
     assert count_params(unet) <= 4.3e6
-    assert count_gmacs(UNetOnRgb(unet), (416, 544), batch=1) <= 1.7
+    assert count_gmacs(WeightingUNetOnRgb(unet), (416, 544), batch=1) <= 1.7
 
 
 def test_selectable_layers_name_encoder_and_decoder_stages():

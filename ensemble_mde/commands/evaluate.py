@@ -33,7 +33,8 @@ def register(sub) -> None:
     p = sub.add_parser("profile", help="params, GMACs, latency and FPS of a learner or run",
                        description="Size and speed of a model: params, mult-adds (torch.utils.flop_counter, "
                                    "flops/2), median latency after warm-up, FPS.")
-    p.add_argument("target", help="learner name (e.g. adabins) or run folder")
+    p.add_argument("target", help="learner name (e.g. adabins), run folder, or 'meta' (the weighting U-Net alone)")
+    p.add_argument("--learners", type=int, default=3, help="meta: number of base learners K (default 3)")
     p.add_argument("--size", metavar="HxW", help="input size (default: the config's data.size, else 416x544)")
     p.add_argument("--batch-size", type=int, default=1, dest="batch_size")
     p.add_argument("--repeats", type=int, default=10, help="timed forward passes")
@@ -137,7 +138,7 @@ def cmd_profile(args) -> int:
     if Path(args.target).exists():
         model, cfg = load_any_run(args.target, device=device)
     else:
-        model, cfg = packaged_learner(args.target)
+        model, cfg = packaged_learner(args.target, num_learners=args.learners)
     size = parse_size(args.size) if args.size else tuple(cfg["data"].get("size") or (416, 544))
     result = profile_model(model, size, batch=args.batch_size, device=device, repeats=args.repeats)
     if args.json:

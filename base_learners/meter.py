@@ -19,7 +19,7 @@ Facts taken from the official code (our own implementation):
 Input: rgb [B,3,H,W] in [0,1]; ImageNet normalisation happens inside unless
 `imagenet_norm=False`. The official weights expect plain RGB in [0,1] (their architecture
 has no normalisation layer, third-party exports of them feed RGB in [0,1], and on the real
-NYU sample in /work/shared/data the imported METER-XXS scores abs_rel 0.18 / pixel
+NYU sample (shared/data) the imported METER-XXS scores abs_rel 0.18 / pixel
 correlation 0.83 on [0,1] input against 0.48 / 0.43 with ImageNet mean/std), so
 `ensemble_mde.weights` imports them with `imagenet_norm: false`. H and W are
 replicate-padded to a multiple of 64 (five stride-2 stages, then 2x2 patches at 1/32).

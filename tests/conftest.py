@@ -4,9 +4,14 @@ import os
 import subprocess
 import sys
 
+from pathlib import Path
+
 import pytest
 
 torch_threads = os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+# The real reference files (../shared/data beside the checkout; CI has it there too).
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,7 @@ from ensemble_mde.cli import main
 from ensemble_mde.data import build_dataset
 from ensemble_mde.data.readers import read_bts_list
 from test_data_readers import config, write_densedepth
+from conftest import SHARED_DATA
 
 
 def run(capsys, *args) -> tuple[int, str, str]:
@@ -117,7 +118,7 @@ def test_synth_writes_a_dataset_that_check_reads(tmp_path, capsys):
     assert out.startswith(f"{out_dir}: densedepth (synthetic)\n")
 
 
-REAL = Path("/work/shared/data")
+REAL = SHARED_DATA
 
 
 @pytest.mark.skipif(not (REAL / "nyu_bts_sample").exists(), reason="reference data not present")

@@ -13,9 +13,10 @@ import base_learners
 from ensemble_mde import runs
 from ensemble_mde.errors import CheckpointError
 from ensemble_mde.weights import import_official_weights
+from conftest import SHARED_DATA
 
-OFFICIAL_XXS = Path("/work/shared/data/meter_official/build_model_best_nyu_xxs")
-NYU_SAMPLE = Path("/work/shared/data/nyu_bts_sample/bookstore_0001d")
+OFFICIAL_XXS = SHARED_DATA / "meter_official" / "build_model_best_nyu_xxs"
+NYU_SAMPLE = SHARED_DATA / "nyu_bts_sample" / "bookstore_0001d"
 LAYER_ORDER = ["enc_0", "enc_1", "enc_2", "enc_3", "enc_4", "enc_5", "enc_6", "enc_7", "enc_8", "enc_9",
                "enc_10", "enc_output", "dec_0", "dec_1", "dec_2", "dec_3"]
 

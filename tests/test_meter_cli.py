@@ -13,10 +13,10 @@ from ensemble_mde.cli import main
 from ensemble_mde.metrics import METRIC_KEYS
 from ensemble_mde.pipeline import base_config
 
-from conftest import run_cli
+from conftest import SHARED_DATA, run_cli
 
-OFFICIAL_XXS = Path("/work/shared/data/meter_official/build_model_best_nyu_xxs")
-NYU_SAMPLE = Path("/work/shared/data/nyu_bts_sample")
+OFFICIAL_XXS = SHARED_DATA / "meter_official" / "build_model_best_nyu_xxs"
+NYU_SAMPLE = SHARED_DATA / "nyu_bts_sample"
 METER_LAYERS = ["enc_0", "enc_1", "enc_2", "enc_3", "enc_4", "enc_5", "enc_6", "enc_7", "enc_8", "enc_9",
                 "enc_10", "enc_output", "dec_0", "dec_1", "dec_2", "dec_3"]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -1,0 +1,126 @@
+"""`ensemble compare [RUN...]`, `ensemble experiment FILE.yaml`, `ensemble demo`."""
+
+from __future__ import annotations
+
+import json
+
+FORMATS = ("table", "md", "csv", "latex", "json")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("compare", help="the paper's tables: each base, the baselines, every stacking variant",
+                       description="Evaluate each run once on the test split and print the accuracy table "
+                                   "(bases, averaging baselines, stacking variants; runs differing only by seed "
+                                   "as mean ± std; best bold, second underlined) and the compute table. "
+                                   "--bootstrap adds paired-bootstrap CIs against the simple average; --out "
+                                   "writes every table format, figures and report.md.")
+    p.add_argument("runs", nargs="*", metavar="RUN", help="run folders (default: every finished run in --runs-dir)")
+    p.add_argument("--runs-dir", default="runs", metavar="DIR", help="where to look for runs (default runs)")
+    p.add_argument("--data", metavar="PATH", help="dataset (default: the data the runs were trained on)")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--flip-tta", action="store_true", help="average with the mirrored prediction")
+    p.add_argument("--baselines", default="mean,median,weighted,oracle", metavar="LIST",
+                   help="averaging baselines over the bases: mean,median,weighted,oracle (default all; "
+                        "'none' for none)")
+    p.add_argument("--bootstrap", type=int, default=0, metavar="N",
+                   help="paired bootstrap with N resamples: each variant minus the mean baseline (95%% CI, p)")
+    p.add_argument("--bootstrap-seed", type=int, default=0, dest="bootstrap_seed")
+    p.add_argument("--format", default="table", choices=FORMATS, help="what is printed (default table)")
+    p.add_argument("--silog", action="store_true", help="add the SILog column")
+    p.add_argument("--out", metavar="DIR", help="write all table formats, per-image metrics, figures and report.md")
+    p.add_argument("--figure-images", type=int, default=3, dest="figure_images",
+                   help="test images in the qualitative grid (with --out; default 3)")
+    p.add_argument("--no-compute", action="store_true", help="skip GMACs and latency measurements")
+    p.add_argument("--repeats", type=int, default=10, help="timed passes per model for latency (default 10)")
+    p.add_argument("--device", metavar="D", help="auto (default), cpu, cuda, cuda:N")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("experiment", help="run a whole study from one YAML: data, bases, meta variants, compare",
+                       description="Trains every base learner and meta variant the file lists through the Python "
+                                   "API (finished runs are skipped, interrupted ones resumed), then compares "
+                                   "them and writes report.md.")
+    p.add_argument("file", help="experiment YAML (see configs/experiments/demo.yaml)")
+    p.add_argument("--out", metavar="DIR", help="experiment folder (default: the file's `out`)")
+    p.add_argument("--device", metavar="D", help="auto (default), cpu, cuda, cuda:N")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_experiment)
+
+    p = sub.add_parser("demo", help="the whole pipeline on synthetic data in minutes on a CPU",
+                       description="Runs the packaged demo experiment: synthetic rooms -> adabins, bts, ldrn, "
+                                   "meter_xxs -> meta-learners (rgb, d, rgb+d freeze; rgb+d finetune) -> "
+                                   "compare with bootstrap -> report.md.")
+    p.add_argument("--out", default="demo", metavar="DIR", help="where everything goes (default demo/)")
+    p.add_argument("--device", metavar="D", help="auto (default), cpu, cuda, cuda:N")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_demo)
+
+
+def parse_baselines(text: str) -> list[str]:
+    from ensemble_mde.compare import BASELINE_NAMES
+    from ensemble_mde.errors import ConfigError
+
+    if text.strip().lower() == "none":
+        return []
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    for name in names:
+        if name not in BASELINE_NAMES:
+            raise ConfigError(f"unknown baseline {name!r} in --baselines; choose from {', '.join(BASELINE_NAMES)}",
+                              "--baselines")
+    return names
+
+
+def print_tables(comparison, fmt: str, *, silog: bool = False, console=None) -> None:
+    """Accuracy and compute tables in `fmt` (json: one object with both and the bootstrap)."""
+    from rich.console import Console
+
+    from ensemble_mde.compare import accuracy_table, compute_table, render, rich_table, table_dict
+
+    console = console or Console()
+    accuracy, compute = accuracy_table(comparison, silog=silog), compute_table(comparison)
+    if fmt == "json":
+        print(json.dumps({"accuracy": table_dict(accuracy), "compute": table_dict(compute),
+                          "bootstrap": comparison.bootstrap, "info": comparison.info}))
+    elif fmt == "table":  # a log or pipe gets the full width, a terminal its own
+        width = None if console.is_terminal else 220
+        console.print(rich_table(accuracy), width=width)
+        console.print(rich_table(compute), width=width)
+    else:
+        print(render(accuracy, fmt))
+        print(render(compute, fmt))
+
+
+def cmd_compare(args) -> int:
+    from rich.console import Console
+
+    from ensemble_mde.compare import compare_runs, finished_runs
+    from ensemble_mde.report import write_report
+
+    console = Console(stderr=args.format != "table")
+    paths = args.runs or finished_runs(args.runs_dir)
+    comparison = compare_runs(paths, data=args.data, split=args.split, flip=args.flip_tta,
+                              baselines=parse_baselines(args.baselines), bootstrap=args.bootstrap,
+                              bootstrap_seed=args.bootstrap_seed, device=args.device or "auto",
+                              measure=not args.no_compute, repeats=args.repeats,
+                              figure_images=args.figure_images if args.out else 0,
+                              progress=not args.no_progress, say=console.print)
+    print_tables(comparison, args.format, silog=args.silog, console=console)
+    if args.out:
+        report = write_report(comparison, args.out, silog=args.silog)
+        console.print(f"wrote tables (txt md csv tex json), figures and {report}")
+    return 0
+
+
+def cmd_experiment(args) -> int:
+    from ensemble_mde.experiment import load_experiment, run_experiment
+
+    experiment = load_experiment(args.file, out=args.out, device=args.device)
+    run_experiment(experiment, progress=not args.no_progress)
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from ensemble_mde.experiment import demo
+
+    demo(args.out, device=args.device, progress=not args.no_progress)
+    return 0

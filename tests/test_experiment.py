@@ -1,0 +1,130 @@
+"""experiment: a tiny study (synthetic 48x64, two bases, one freeze meta) runs end to end through
+the Python API; a second invocation (the CLI) skips the finished steps; compare's CLI and its
+one-line errors."""
+
+import json
+import shutil
+
+import pytest
+import yaml
+
+from conftest import run_cli
+from ensemble_mde.errors import ConfigError
+from ensemble_mde.experiment import load_experiment, override_list, plan, run_experiment
+
+TWO_STEPS = {"data.workers": 0, "augment.crop": False,
+             "train": {"epochs": 1, "batch_size": 4, "max_steps_per_epoch": 2, "val_batch_size": 4}}
+
+
+def tiny_experiment(out):
+    return {
+        "name": "tiny",
+        "out": str(out),
+        "device": "cpu",
+        "data": {"synth": {"train": 12, "val": 4, "test": 4, "size": [48, 64], "seed": 0}},
+        "bases": [{"name": "meter_xxs", "preset": "cpu", "overrides": TWO_STEPS},
+                  {"name": "bts", "preset": "cpu", "overrides": TWO_STEPS}],
+        "meta": [{"inputs": "rgb+d", "mode": "freeze", "overrides": TWO_STEPS}],
+        "compare": {"bootstrap": 100, "measure": False, "figure_images": 2},
+    }
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """The tiny experiment run once; yields (experiment file, out folder, result)."""
+    root = tmp_path_factory.mktemp("exp")
+    path = root / "tiny.yaml"
+    path.write_text(yaml.safe_dump(tiny_experiment(root / "out")))
+    result = run_experiment(load_experiment(path), progress=False)
+    return path, root / "out", result
+
+
+def test_tiny_experiment_trains_compares_and_reports(finished):
+    _, out, result = finished
+    steps = json.loads((out / "experiment.json").read_text())["steps"]
+    assert [s["kind"] for s in steps] == ["data", "base", "base", "meta", "compare"]
+    assert all(s["status"] == "new" for s in steps)
+    for run in ("meter_xxs", "bts", "meta_rgbd_freeze"):
+        assert (out / "runs" / run / "summary.json").is_file() and (out / "runs" / run / "best.pt").is_file()
+    names = [v.name for v in result["comparison"].variants]
+    assert names == ["meter_xxs", "bts", "Baseline (mean)", "Median", "Weighted (1/val RMSE)", "Oracle",
+                     "SG rgb+d freeze"]
+    report = out / "report"
+    for name in ("report.md", "accuracy.md", "accuracy.tex", "accuracy.csv", "accuracy.json", "compute.md",
+                 "per_image.csv", "bootstrap.json", "qualitative.png", "weight_maps.png", "training_curves.png"):
+        assert (report / name).is_file(), name
+    text = (report / "report.md").read_text()
+    assert "![qualitative](qualitative.png)" in text and "SG rgb+d freeze" in text
+    # two bases: the median is the mean, to the last digit; the oracle is at least as good as either base
+    table = json.loads((report / "accuracy.json").read_text())
+    rows = {r["name"]: r["values"] for r in table["rows"]}
+    assert rows["Median"]["rmse"] == pytest.approx(rows["Baseline (mean)"]["rmse"], rel=1e-12)
+    assert rows["Oracle"]["abs_rel"] <= min(rows["meter_xxs"]["abs_rel"], rows["bts"]["abs_rel"]) + 1e-12
+
+
+def test_second_invocation_skips_finished_steps(finished):
+    path, out, _ = finished
+    best = out / "runs" / "meter_xxs" / "best.pt"
+    stamp = best.stat().st_mtime_ns
+    proc = run_cli("experiment", path, "--no-progress", check=True)
+    assert "skip train meter_xxs" in proc.stdout and "skip train meta_rgbd_freeze" in proc.stdout
+    steps = json.loads((out / "experiment.json").read_text())["steps"]
+    assert [s["status"] for s in steps] == ["done", "done", "done", "done", "new"]
+    assert best.stat().st_mtime_ns == stamp
+
+
+def test_compare_cli_formats_and_a_data_mismatch(finished, tmp_path):
+    _, out, _ = finished
+    meta = out / "runs" / "meta_rgbd_freeze"
+    proc = run_cli("compare", meta, "--no-compute", "--baselines", "mean", "--format", "json", "--no-progress",
+                   check=True)
+    data = json.loads(proc.stdout)
+    assert [r["name"] for r in data["accuracy"]["rows"]] == ["meter_xxs", "bts", "Baseline (mean)",
+                                                             "SG rgb+d freeze"]
+    assert data["info"]["n_images"] == 4
+
+    moved = tmp_path / "other_meter"
+    shutil.copytree(out / "runs" / "meter_xxs", moved)
+    cfg = yaml.safe_load((moved / "config.yaml").read_text())
+    cfg["data"]["path"] = str(tmp_path / "elsewhere")
+    (moved / "config.yaml").write_text(yaml.safe_dump(cfg))
+    proc = run_cli("compare", out / "runs" / "meter_xxs", moved, "--no-compute")
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: the runs were trained on different data") and "--data" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_plan_resumes_a_run_with_last_pt_only(tmp_path):
+    exp = load_experiment(tiny_experiment(tmp_path / "out"))
+    (tmp_path / "out" / "runs" / "meter_xxs").mkdir(parents=True)
+    (tmp_path / "out" / "runs" / "meter_xxs" / "last.pt").write_bytes(b"")
+    status = {s.label: s.status for s in plan(exp)}
+    assert status["train meter_xxs"] == "resume"
+    assert status["train meta_rgbd_freeze (meta rgb+d freeze)"] == "new"
+
+
+def test_experiment_file_errors_name_the_key(tmp_path):
+    exp = tiny_experiment(tmp_path)
+    exp["bases"][0]["sedes"] = [0]
+    with pytest.raises(ConfigError, match="unknown key 'sedes'.*'seeds'"):
+        load_experiment(exp)
+    exp = tiny_experiment(tmp_path)
+    exp["meta"][0]["bases"] = ["adabins"]
+    with pytest.raises(ConfigError, match="'adabins' is not a base of this experiment"):
+        plan(load_experiment(exp))
+    exp["meta"][0]["bases"] = ["bts"]
+    with pytest.raises(ConfigError, match="at least 2 bases"):
+        plan(load_experiment(exp))
+    exp = tiny_experiment(tmp_path)
+    exp["bases"][0]["overrides"] = {"train.epoch": 1}
+    with pytest.raises(ConfigError, match="train.epoch"):
+        plan(load_experiment(exp))
+
+
+def test_override_list_keeps_types():
+    assert override_list({"train": {"epochs": 2, "lr": 1e-3}, "augment.crop_size": [96, 128], "data.path": "x y"},
+                         "o") == ["train.epochs=2", "train.lr=0.001", "augment.crop_size=[96, 128]",
+                                  'data.path="x y"']
+    assert override_list(["train.epochs=2"], "o") == ["train.epochs=2"]
+    with pytest.raises(ConfigError):
+        override_list(["train.epochs"], "o")

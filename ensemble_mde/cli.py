@@ -94,6 +94,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{prefix}error: {where}{e.strerror or e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt as e:  # Ctrl-C, or training stopped by a signal after saving last.pt
-        print(f"{prefix}{str(e) or 'interrupted'}", file=sys.stderr)
+        if not rank:  # every rank stopped at the same step; rank 0 says so
+            print(str(e) or "interrupted", file=sys.stderr)
         sys.exit(getattr(e, "exit_code", 130))
     sys.exit(code or 0)

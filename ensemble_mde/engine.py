@@ -1,29 +1,61 @@
 """The training loop shared by every base learner and the meta-learner.
 
-Read `train` top to bottom: data order, optimiser and one-cycle schedule, resume, the
-epoch loop (forward, loss, backward, clip, step, log, mid-epoch checkpoint), validation,
-best/last checkpoints. The clever parts are the named functions above it.
+Read `train` top to bottom: processes and data order, optimiser and one-cycle schedule,
+resume, the epoch loop (forward, agree across ranks, backward, clip, step, log,
+mid-epoch checkpoint), validation, best/last checkpoints. The clever parts are the
+named functions above it.
+
+Faults. A non-finite loss or gradient norm stops the run with a TrainingError naming the
+step (or the batch is skipped, up to train.skip_bad_batches in the run); weights,
+optimiser and BatchNorm statistics stay those of the last good step, and last.pt holds
+them. SIGINT/SIGTERM let the current step finish, write last.pt and raise
+TrainingInterrupted: the CLI prints how to resume and exits with 128 + the signal (130,
+143), the shell's code for "stopped by that signal", so schedulers and `&&` chains see
+an unfinished run. A run that fails before its first checkpoint leaves no files behind.
+
+Several processes (torchrun, `ensemble_mde.distributed`): DistributedDataParallel;
+train.batch_size is the global batch, split evenly over the ranks; every rank draws the
+same seeded order and takes its slice of each global batch; validation is sharded and
+the per-image scores gathered; rank 0 alone prints and writes files.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import random
+import signal
+import threading
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ensemble_mde import runs
+from ensemble_mde import distributed, runs
 from ensemble_mde.evaluation import evaluate_model
-from ensemble_mde.errors import ConfigError
+from ensemble_mde.errors import ConfigError, EnsembleError
 from ensemble_mde.io import atomic_save, atomic_write_json
 from ensemble_mde.metrics import HIGHER_IS_BETTER
 from ensemble_mde.progress import training_progress
+
+RUN_FILES = ("config.yaml", "metrics.jsonl")  # what a run writes before its first checkpoint
+
+
+class TrainingError(EnsembleError):
+    """Training cannot go on (a non-finite loss or gradient); last.pt holds the last good step."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """SIGINT/SIGTERM stopped training at a consistent point after writing last.pt.
+    `exit_code` = 128 + the signal number, as if the signal had ended the process."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + int(signum)
 
 
 def one_cycle_lr(step: int, total_steps: int, lr: float, warmup_fraction: float = 0.3,
@@ -41,20 +73,28 @@ def one_cycle_lr(step: int, total_steps: int, lr: float, warmup_fraction: float 
 
 class EpochSampler(torch.utils.data.Sampler):
     """A permutation of the dataset drawn from (seed, epoch), so the order is the same in
-    a resumed run; `start` skips the samples an interrupted epoch already consumed."""
+    a resumed run; `start` skips the samples an interrupted epoch already consumed.
 
-    def __init__(self, n: int, seed: int, epoch: int, start: int = 0):
+    With several ranks, the order is cut into global batches of `batch_size` and rank r
+    takes slice r of each (batch_size / world_size samples): together the ranks see
+    exactly the batches one process would."""
+
+    def __init__(self, n: int, seed: int, epoch: int, start: int = 0, *, rank: int = 0, world_size: int = 1,
+                 batch_size: int = 1):
         self.n, self.seed, self.epoch, self.start = n, seed, epoch, start
+        self.rank, self.world_size, self.batch_size = rank, world_size, batch_size
 
     def order(self) -> list[int]:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return torch.randperm(self.n, generator=g).tolist()[self.start:]
+        order = torch.randperm(self.n, generator=g).tolist()[self.start:]
+        per_rank = self.batch_size // self.world_size
+        return [i for p, i in enumerate(order) if (p % self.batch_size) // per_rank == self.rank]
 
     def __iter__(self):
         return iter(self.order())
 
     def __len__(self) -> int:
-        return self.n - self.start
+        return len(self.order())
 
 
 def seed_everything(seed: int) -> None:
@@ -106,14 +146,100 @@ def truncate_jsonl_after(path: Path, step: int) -> None:
     path.write_text("".join(line + "\n" for line in keep))
 
 
+def discard_unstarted_run(run_dir: Path) -> None:
+    """After a failure before any checkpoint: remove the files the run wrote (and the
+    folder, when that leaves it empty), so bad input leaves nothing half-made."""
+    if (run_dir / "last.pt").exists() or (run_dir / "best.pt").exists():
+        return
+    for name in RUN_FILES:
+        (run_dir / name).unlink(missing_ok=True)
+    if run_dir.is_dir() and not any(run_dir.iterdir()):
+        run_dir.rmdir()
+
+
+class StopRequest:
+    """While active (main thread only), SIGINT and SIGTERM record `signum` instead of
+    ending the process; the loop stops at its next consistent point."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.signum = 0
+        self._previous: dict = {}
+
+    def _record(self, signum, frame) -> None:
+        self.signum = signum
+
+    def __enter__(self) -> "StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._record) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+
+
+def own_process_group(worker_id: int) -> None:
+    """DataLoader workers leave the trainer's process group, so Ctrl-C and torchrun's
+    SIGTERM to the group reach the trainer alone, which stops cleanly and then shuts the
+    workers down (a worker dying of the signal would abort the step with a RuntimeError)."""
+    if hasattr(os, "setpgrp"):
+        os.setpgrp()
+
+
+def step_consensus(terms: dict, signalled: bool, device: torch.device) -> tuple[dict, bool]:
+    """(mean of each loss term over the ranks, whether any rank was signalled to stop):
+    one all-reduce per step, so every rank takes the same branch. A non-finite term on
+    any rank makes its mean non-finite."""
+    local = torch.stack([t.detach().float() for t in terms.values()]).double().cpu().tolist()
+    summed = distributed.sum_over_ranks(local + [float(signalled)], device)
+    n = distributed.world_size()
+    return {k: v / n for k, v in zip(terms, summed)}, summed[-1] > 0
+
+
+def snapshot_buffers(model: torch.nn.Module) -> list[torch.Tensor]:
+    """Copies of the buffers (BatchNorm running statistics) before a forward pass."""
+    return [b.detach().clone() for b in model.buffers()]
+
+
+def restore_buffers(model: torch.nn.Module, snapshot: list[torch.Tensor]) -> None:
+    """Undo what a discarded forward pass (bad batch, stop) did to the buffers."""
+    with torch.no_grad():
+        for buffer, saved in zip(model.buffers(), snapshot):
+            buffer.copy_(saved)
+
+
+def validate(model: torch.nn.Module, val_set, cfg: dict, device: torch.device, eigen_crop: bool) -> dict:
+    """NYU metrics on the validation split. With several ranks each scores its shard and
+    the per-image scores are gathered, so every image counts exactly once."""
+    shard = val_set
+    if distributed.world_size() > 1:
+        shard = torch.utils.data.Subset(val_set, distributed.shard_indices(len(val_set)))
+    acc = evaluate_model(model, shard, device=device, batch_size=int(cfg["train"]["val_batch_size"]),
+                         eigen_crop=eigen_crop, min_depth=cfg["data"]["min_depth"], max_depth=cfg["data"]["max_depth"])
+    acc.per_image = distributed.gather_lists(acc.per_image)
+    return acc.compute()
+
+
 @dataclass
 class TrainState:
     epoch: int = 0            # epoch in progress (or next to start)
-    batch_in_epoch: int = 0   # optimiser steps already done in that epoch
+    batch_in_epoch: int = 0   # batches already consumed in that epoch (steps + skipped bad batches)
     step: int = 0             # global optimiser steps
     best_value: float | None = None
     best_epoch: int = -1
     train_seconds: float = 0.0
+    bad_batches: int = 0      # batches skipped for a non-finite loss or gradient
+    last_val: dict = field(default_factory=dict)  # validation metrics of the last finished epoch
+
+
+def interrupted(signum: int, state: TrainState, last_path: Path) -> TrainingInterrupted:
+    """The exception that ends a run stopped by a signal (to this rank or another one)."""
+    name = signal.Signals(signum).name if signum else "a signal to another rank"
+    return TrainingInterrupted(
+        f"stopped by {name} after step {state.step} (batch {state.batch_in_epoch} of epoch {state.epoch + 1}); "
+        f"saved {last_path}; run the same command with --resume to continue", signum or signal.SIGTERM)
 
 
 def train(model: torch.nn.Module, cfg: dict, train_set, val_set, run_dir: Path, *, device: torch.device,
@@ -124,16 +250,25 @@ def train(model: torch.nn.Module, cfg: dict, train_set, val_set, run_dir: Path, 
     param_groups: optimiser groups (e.g. bases at a lower lr); default all trainable params.
     extra_loss: optional callable(model, outputs, batch) -> dict of extra named terms added
     to the total (e.g. the selectivity regulariser). Returns the summary dict.
+    Under torchrun call `distributed.init` first and pass the device it returns.
+    Raises TrainingError (non-finite loss) and TrainingInterrupted (SIGINT/SIGTERM).
     """
     tc = cfg["train"]
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    main, world = distributed.is_main(), distributed.world_size()
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
     seed = int(cfg["run"]["seed"])
     seed_everything(seed)
     model.to(device)
+    if tc.get("sync_bn", False):
+        model = distributed.convert_sync_batchnorm(model, device)
 
-    # Data: a seeded permutation per epoch, batches of the global batch size.
+    # Data: a seeded permutation per epoch, global batches split evenly over the ranks.
     batch_size = int(tc["batch_size"])
+    if batch_size % world:
+        raise ConfigError(f"train.batch_size {batch_size} is the global batch; it must split evenly over "
+                          f"{world} processes", "train.batch_size")
     steps_per_epoch = len(train_set) // batch_size
     if tc["max_steps_per_epoch"]:
         steps_per_epoch = min(steps_per_epoch, int(tc["max_steps_per_epoch"]))
@@ -149,94 +284,148 @@ def train(model: torch.nn.Module, cfg: dict, train_set, val_set, run_dir: Path, 
         s, total_steps, 1.0, tc["warmup_fraction"], tc["div_factor"], tc["final_div_factor"]))
     state = TrainState()
     log_path = run_dir / "metrics.jsonl"
+    last_path = run_dir / "last.pt"
 
-    if resume and (run_dir / "last.pt").is_file():
-        ckpt = runs.read_checkpoint(run_dir / "last.pt")
-        runs.load_state(model, ckpt["model"], run_dir / "last.pt", cfg["model"]["name"])
+    if resume and last_path.is_file():
+        ckpt = runs.read_checkpoint(last_path)
+        runs.load_state(model, ckpt["model"], last_path, cfg["model"]["name"])
         optimizer.load_state_dict(ckpt["optimizer"])
         schedule.load_state_dict(ckpt["scheduler"])
         state = TrainState(**ckpt["state"])
         set_rng_state(ckpt["rng"])
-        truncate_jsonl_after(log_path, state.step)
-    elif log_path.exists():
+        if main:
+            truncate_jsonl_after(log_path, state.step)
+    elif main and log_path.exists():
         log_path.unlink()
-    runs.write_run_config(run_dir, cfg)
+    if main:
+        runs.write_run_config(run_dir, cfg)
+    # DDP averages gradients over the ranks in backward; `model` stays the plain module
+    # (checkpoints, loss, validation), `net` is what the training forward goes through.
+    net = model if world == 1 else torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None)
 
     def save_last() -> None:
-        atomic_save(runs.checkpoint_payload(
-            model, cfg, kind=cfg.get("kind", "base"), optimizer=optimizer.state_dict(),
-            scheduler=schedule.state_dict(), state=asdict(state), rng=rng_state()), run_dir / "last.pt")
+        if main:
+            atomic_save(runs.checkpoint_payload(
+                model, cfg, kind=cfg.get("kind", "base"), optimizer=optimizer.state_dict(),
+                scheduler=schedule.state_dict(), state=asdict(state), rng=rng_state()), last_path)
+        distributed.barrier()  # no rank leaves before the file is in place
 
     amp = tc["amp"] == "bf16"
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if amp else nullcontext
     best_metric = tc["best_metric"]
+    max_bad = int(tc.get("skip_bad_batches", 0))  # .get: configs of runs started before the key existed
+    clip = float(tc["grad_clip"]) or math.inf
     if state.epoch >= int(tc["epochs"]) and (run_dir / "summary.json").is_file():
         return json.loads((run_dir / "summary.json").read_text())  # resumed a finished run
 
-    with training_progress(enabled=progress) as bar:
-        task = bar.add_task("train", total=total_steps, completed=state.step, loss=float("nan"), lr=0.0)
-        while state.epoch < int(tc["epochs"]):
-            epoch = state.epoch
-            train_set.set_epoch(epoch)
-            loader = torch.utils.data.DataLoader(
-                train_set, batch_size=batch_size, drop_last=True,
-                sampler=EpochSampler(len(train_set), seed, epoch, start=state.batch_in_epoch * batch_size),
-                num_workers=int(cfg["data"]["workers"]), pin_memory=device.type == "cuda",
-                generator=torch.Generator().manual_seed(seed + epoch),  # keeps the global RNG untouched
-            )
-            model.train()
-            started = time.perf_counter()
-            for batch in loader:
-                if state.batch_in_epoch >= steps_per_epoch:
-                    break
-                batch = move_batch(batch, device)
-                with autocast():
-                    outputs = forward_batch(model, batch)
-                    terms = model.loss(outputs, batch)
-                    if extra_loss is not None:
-                        extra = extra_loss(model, outputs, batch)
-                        terms = {**terms, **extra, "total": terms["total"] + sum(extra.values())}
-                loss = terms["total"]
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if tc["grad_clip"]:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), float(tc["grad_clip"]))
-                optimizer.step()
-                schedule.step()
-                state.step += 1
-                state.batch_in_epoch += 1
+    try:
+        with StopRequest() as stop, training_progress(enabled=progress and main) as bar:
+            say = bar.console.print if main else (lambda *args: None)
+            task = bar.add_task("train", total=total_steps, completed=state.step, loss=float("nan"), lr=0.0)
+            while state.epoch < int(tc["epochs"]):
+                epoch = state.epoch
+                train_set.set_epoch(epoch)
+                loader = torch.utils.data.DataLoader(
+                    train_set, batch_size=batch_size // world, drop_last=True,
+                    sampler=EpochSampler(len(train_set), seed, epoch, start=state.batch_in_epoch * batch_size,
+                                         rank=distributed.rank(), world_size=world, batch_size=batch_size),
+                    num_workers=int(cfg["data"]["workers"]), pin_memory=device.type == "cuda",
+                    generator=torch.Generator().manual_seed(seed + epoch),  # keeps the global RNG untouched
+                    worker_init_fn=own_process_group,
+                )
+                net.train()
+                started = time.perf_counter()
+                for batch in loader:
+                    if state.batch_in_epoch >= steps_per_epoch:
+                        break
+                    batch = move_batch(batch, device)
+                    buffers = snapshot_buffers(model)
+                    with autocast():
+                        outputs = forward_batch(net, batch)
+                        terms = model.loss(outputs, batch)
+                        if extra_loss is not None:
+                            extra = extra_loss(model, outputs, batch)
+                            terms = {**terms, **extra, "total": terms["total"] + sum(extra.values())}
+                    loss = terms["total"]
 
-                value = float(loss.detach())
-                lr = optimizer.param_groups[-1]["lr"]
-                bar.update(task, advance=1, loss=value, lr=lr, description=f"epoch {epoch + 1}/{tc['epochs']}")
-                if state.step % int(tc["log_every"]) == 0 or state.batch_in_epoch == steps_per_epoch:
-                    append_jsonl(log_path, {"type": "train", "epoch": epoch, "step": state.step, "lr": lr,
-                                            **{k: float(v.detach()) for k, v in terms.items()}})
-                if tc["checkpoint_every"] and state.step % int(tc["checkpoint_every"]) == 0:
-                    state.train_seconds += time.perf_counter() - started
-                    started = time.perf_counter()
-                    save_last()
-            state.train_seconds += time.perf_counter() - started
+                    # Every rank learns the mean loss and whether any rank was signalled.
+                    mean_terms, stopping = step_consensus(terms, bool(stop.signum), device)
+                    if stopping:
+                        restore_buffers(model, buffers)  # this forward never happened
+                        state.train_seconds += time.perf_counter() - started
+                        save_last()
+                        raise interrupted(stop.signum, state, last_path)
+                    problem = None if math.isfinite(mean_terms["total"]) else f"loss is {mean_terms['total']}"
+                    optimizer.zero_grad(set_to_none=True)
+                    if problem is None:
+                        loss.backward()
+                        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip))
+                        problem = None if math.isfinite(grad_norm) else f"gradient norm is {grad_norm}"
+                    if problem is not None:  # skip the batch, or stop with the last good step saved
+                        restore_buffers(model, buffers)
+                        optimizer.zero_grad(set_to_none=True)
+                        where = f"step {state.step + 1} (epoch {epoch + 1}, batch {state.batch_in_epoch + 1})"
+                        if state.bad_batches >= max_bad:
+                            state.train_seconds += time.perf_counter() - started
+                            save_last()
+                            skipped = f" after skipping {max_bad} (train.skip_bad_batches)" if max_bad else ""
+                            raise TrainingError(
+                                f"{problem} at {where}{skipped}; stopped, {last_path} holds the last good step "
+                                f"{state.step}: check that batch's data, lower train.lr, or let a new run skip "
+                                f"such batches (--set train.skip_bad_batches=N)")
+                        state.bad_batches += 1
+                        state.batch_in_epoch += 1
+                        say(f"skipped a bad batch: {problem} at {where} ({state.bad_batches} of at most {max_bad})")
+                        if main:
+                            append_jsonl(log_path, {"type": "skip", "epoch": epoch, "step": state.step,
+                                                    "batch": state.batch_in_epoch, "reason": problem})
+                        continue
+                    optimizer.step()
+                    schedule.step()
+                    state.step += 1
+                    state.batch_in_epoch += 1
 
-            # Validation on the scene-held-out split, then best/last checkpoints.
-            acc = evaluate_model(model, val_set, device=device, batch_size=int(tc["val_batch_size"]),
-                                 eigen_crop=eigen_crop, min_depth=cfg["data"]["min_depth"],
-                                 max_depth=cfg["data"]["max_depth"])
-            metrics = acc.compute()
-            improved = is_better(best_metric, metrics[best_metric], state.best_value)
-            if improved:
-                state.best_value, state.best_epoch = metrics[best_metric], epoch
-            append_jsonl(log_path, {"type": "val", "epoch": epoch, "step": state.step, **metrics, "best": improved})
-            bar.console.print(f"epoch {epoch + 1}: " + "  ".join(
-                f"{k} {metrics[k]:.4f}" for k in ("rmse", "abs_rel", "d1")) + ("  (best)" if improved else ""))
-            state.epoch += 1
-            state.batch_in_epoch = 0
-            if improved:
-                atomic_save(runs.checkpoint_payload(model, cfg, kind=cfg.get("kind", "base"), epoch=epoch,
-                                                    step=state.step, metrics=metrics), run_dir / "best.pt")
-            save_last()
+                    lr = optimizer.param_groups[-1]["lr"]
+                    bar.update(task, advance=1, loss=mean_terms["total"], lr=lr,
+                               description=f"epoch {epoch + 1}/{tc['epochs']}")
+                    if main and (state.step % int(tc["log_every"]) == 0 or state.batch_in_epoch == steps_per_epoch):
+                        append_jsonl(log_path, {"type": "train", "epoch": epoch, "step": state.step, "lr": lr,
+                                                **mean_terms})
+                    if tc["checkpoint_every"] and state.step % int(tc["checkpoint_every"]) == 0:
+                        state.train_seconds += time.perf_counter() - started
+                        started = time.perf_counter()
+                        save_last()
+                state.train_seconds += time.perf_counter() - started
+
+                # Validation on the scene-held-out split, then best/last checkpoints.
+                metrics = validate(model, val_set, cfg, device, eigen_crop)
+                improved = is_better(best_metric, metrics[best_metric], state.best_value)
+                if improved:
+                    state.best_value, state.best_epoch = metrics[best_metric], epoch
+                if main:
+                    append_jsonl(log_path, {"type": "val", "epoch": epoch, "step": state.step, **metrics,
+                                            "best": improved})
+                say(f"epoch {epoch + 1}: " + "  ".join(f"{k} {metrics[k]:.4f}" for k in ("rmse", "abs_rel", "d1"))
+                    + ("  (best)" if improved else ""))
+                state.epoch += 1
+                state.batch_in_epoch = 0
+                state.last_val = metrics
+                if improved and main:
+                    atomic_save(runs.checkpoint_payload(model, cfg, kind=cfg.get("kind", "base"), epoch=epoch,
+                                                        step=state.step, metrics=metrics), run_dir / "best.pt")
+                save_last()
+                if state.epoch < int(tc["epochs"]) and distributed.sum_over_ranks([bool(stop.signum)], device)[0]:
+                    raise interrupted(stop.signum, state, last_path)
+    except BaseException:
+        if main:
+            discard_unstarted_run(run_dir)
+        raise
     summary = {"epochs": state.epoch, "steps": state.step, "best_metric": best_metric,
-               "best_value": state.best_value, "best_epoch": state.best_epoch,
-               "last_val": metrics, "train_seconds": round(state.train_seconds, 3)}
-    atomic_write_json(summary, run_dir / "summary.json")
+               "best_value": state.best_value, "best_epoch": state.best_epoch, "last_val": state.last_val,
+               "train_seconds": round(state.train_seconds, 3), "bad_batches_skipped": state.bad_batches,
+               "world_size": world}
+    if main:
+        atomic_write_json(summary, run_dir / "summary.json")
+    distributed.barrier()
     return summary

@@ -12,9 +12,10 @@ from pathlib import Path
 import torch
 
 from ensemble_mde import config as config_mod
-from ensemble_mde import runs
+from ensemble_mde import distributed, runs
 from ensemble_mde.device import resolve_device
 from ensemble_mde.engine import train
+from ensemble_mde.errors import ConfigError, DataError
 
 
 def base_config(name: str, *, config_file=None, overrides=(), preset=None) -> dict:
@@ -28,19 +29,27 @@ def base_config(name: str, *, config_file=None, overrides=(), preset=None) -> di
 
 
 def finalize_paths(cfg: dict) -> dict:
-    """Make data and weight paths absolute, so a run folder works from any directory."""
+    """Make data and weight paths absolute, so a run folder works from any directory; a
+    weights file named in the config (model./meta.pretrained_path) must exist."""
     cfg["data"]["path"] = str(Path(cfg["data"]["path"]).expanduser().resolve())
     for key in ("train_list", "test_list", "train_root", "test_root"):
         if cfg["data"].get(key):
             cfg["data"][key] = str(Path(cfg["data"][key]).expanduser().resolve())
-    if cfg.get("model", {}).get("pretrained_path"):
-        path = Path(cfg["model"]["pretrained_path"]).expanduser().resolve()
-        if not path.is_file():
-            from ensemble_mde.errors import ConfigError
-
-            raise ConfigError("pretrained weights file not found (model.pretrained_path)", path)
-        cfg["model"]["pretrained_path"] = str(path)
+    for section in ("model", "meta"):
+        if (cfg.get(section) or {}).get("pretrained_path"):
+            path = Path(cfg[section]["pretrained_path"]).expanduser().resolve()
+            if not path.is_file():
+                raise ConfigError(f"pretrained weights file not found ({section}.pretrained_path)", path)
+            cfg[section]["pretrained_path"] = str(path)
     return cfg
+
+
+def preflight(cfg: dict, run_dir: Path) -> None:
+    """Before any work: the dataset path exists and the run folder can be written
+    (weights paths are checked by `finalize_paths`)."""
+    if not Path(cfg["data"]["path"]).exists():
+        raise DataError("no such file or folder (data.path)", cfg["data"]["path"])
+    runs.check_writable(run_dir)
 
 
 def cli_overrides(args) -> list[str]:
@@ -73,11 +82,13 @@ def build_splits(cfg: dict):
 
 
 def train_base(cfg: dict, *, resume: bool = False, progress: bool = True):
-    """Train the base learner `cfg` describes; returns (run folder, summary)."""
-    device = resolve_device(cfg["run"]["device"])
+    """Train the base learner `cfg` describes; returns (run folder, summary). Under
+    torchrun every process calls this (DistributedDataParallel; rank 0 writes the run)."""
+    device = distributed.init(resolve_device(cfg["run"]["device"]))
     run_dir = runs.run_dir_for(cfg, cfg["model"]["name"])
     if resume and (run_dir / "last.pt").is_file():
-        cfg = _resume_config(run_dir, cfg)
+        cfg = runs.resume_config(run_dir, cfg, kind="base")
+    preflight(cfg, run_dir)
     train_set, val_set, eigen_crop = build_splits(cfg)
     if not cfg["run"].get("input_size") and not cfg["data"].get("size"):
         cfg["run"]["input_size"] = list(val_set[0]["rgb"].shape[-2:])
@@ -87,11 +98,6 @@ def train_base(cfg: dict, *, resume: bool = False, progress: bool = True):
         summary = train(model, cfg, train_set, val_set, run_dir, device=device, eigen_crop=eigen_crop,
                         resume=resume, progress=progress, extra_loss=extra)
     return run_dir, summary
-
-
-def _resume_config(run_dir: Path, cfg: dict) -> dict:
-    """A resumed run continues with the config it was started with."""
-    return runs.read_checkpoint(run_dir / "last.pt")["config"]
 
 
 @contextmanager

@@ -10,12 +10,13 @@ Checkpoint payload (a plain dict, loadable with weights_only=True):
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import torch
 
 from ensemble_mde import config as config_mod
-from ensemble_mde.errors import CheckpointError, EnsembleError
+from ensemble_mde.errors import CheckpointError, ConfigError, EnsembleError
 from ensemble_mde.io import atomic_write_text, load_checkpoint
 
 CHECKPOINT_FORMAT = "ensemble-mde/1"
@@ -25,6 +26,34 @@ def run_dir_for(cfg: dict, default_name: str) -> Path:
     """runs_dir/name from the config (name defaults to `default_name`)."""
     name = cfg["run"].get("name") or default_name
     return Path(cfg["run"]["runs_dir"]) / name
+
+
+def check_writable(run_dir: Path) -> None:
+    """Fail before any work when the run folder cannot be created or written (its nearest
+    existing ancestor must be a folder that takes a new file)."""
+    folder = Path(run_dir).absolute()
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        raise ConfigError(f"cannot create run folder {folder}: {existing} is a file; choose another --out "
+                          "or run.runs_dir", existing)
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as e:
+        raise ConfigError(f"cannot write run folder {folder} ({e.strerror}); choose another --out or "
+                          "run.runs_dir", existing) from None
+
+
+def resume_config(run_dir: Path, cfg: dict, kind: str = "base") -> dict:
+    """The config a run was started with (a resumed run continues with it), after checking
+    that its last.pt is a `kind` run of the learner `cfg` asks for."""
+    path = Path(run_dir) / "last.pt"
+    ckpt = read_checkpoint(path)
+    found_kind, found, wanted = ckpt.get("kind", "base"), ckpt.get("learner"), cfg["model"]["name"]
+    if found_kind != kind or found != wanted:
+        raise CheckpointError(f"holds a {found_kind} run of {found!r}; cannot resume a {kind} run of {wanted!r} "
+                              "from it (resume with that run's own command, or choose another --out)", path)
+    return ckpt["config"]
 
 
 def write_run_config(run_dir: Path, cfg: dict) -> None:

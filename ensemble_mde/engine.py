@@ -256,8 +256,6 @@ def train(model: torch.nn.Module, cfg: dict, train_set, val_set, run_dir: Path, 
     tc = cfg["train"]
     run_dir = Path(run_dir)
     main, world = distributed.is_main(), distributed.world_size()
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
     seed = int(cfg["run"]["seed"])
     seed_everything(seed)
     model.to(device)

@@ -160,6 +160,19 @@ def test_run_folder_that_cannot_be_created(capsys, tmp_path, synth_root):
                     "or run.runs_dir")
 
 
+def test_batch_larger_than_the_train_split(capsys, tmp_path, synth_root):
+    line = train_error(capsys, tmp_path, synth_root, "--batch-size", "64")
+    assert line == "error: train.batch_size: train split has 16 samples, fewer than one batch of 64"
+
+
+def test_global_batch_that_does_not_split_over_the_processes(capsys, tmp_path, synth_root, monkeypatch):
+    from ensemble_mde import distributed
+
+    monkeypatch.setattr(distributed, "world_size", lambda: 3)                # as under torchrun with 3 ranks
+    line = train_error(capsys, tmp_path, synth_root)
+    assert line == "error: train.batch_size 4 is the global batch; it must split evenly over 3 processes"
+
+
 # ---------------------------------------------------------------- checkpoint faults
 
 def test_resume_into_a_run_of_another_learner(capsys, tmp_path, synth_root):

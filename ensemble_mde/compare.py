@@ -401,21 +401,23 @@ def table_dict(table: Table) -> dict:
 
 
 def rich_table(table: Table):
-    """A rich Table: first place bold, second underlined, upper bounds italic."""
-    from rich.markup import escape
+    """A rich Table: first place bold, second underlined, upper bounds italic. No vertical
+    rules, so 120 columns hold the accuracy table; narrower terminals wrap headers and ± values."""
+    from rich import box
     from rich.table import Table as RichTable
     from rich.text import Text
 
-    out = RichTable(title=table.title, caption="\n".join(table.notes) or None, caption_justify="left")
+    out = RichTable(title=table.title, caption="\n".join(table.notes) or None, caption_justify="left",
+                    box=box.SIMPLE_HEAD)
     out.add_column("Variant", no_wrap=True)
-    for c in table.columns:  # numbers never wrap; the long bootstrap text may
-        out.add_column(c.header + c.arrow, justify="right", no_wrap=c.key != "delta")
+    for c in table.columns:
+        out.add_column(c.header + c.arrow, justify="right")
     previous = None
     for row in table.rows:
         if previous is not None and row["kind"] != previous:
             out.add_section()
         previous = row["kind"]
-        cells = [Text(escape(_row_label(row)), style="italic" if row.get("upper_bound") else "")]
+        cells = [Text(_row_label(row), style="italic" if row.get("upper_bound") else "")]
         for c in table.columns:
             place = row.get("rank", {}).get(c.key)
             cells.append(Text(cell_text(row, c), style="bold" if place == 1 else "underline" if place == 2 else ""))
@@ -477,16 +479,21 @@ def _seed_note(variants: list[Variant]) -> list[str]:
         if seeds else []
 
 
-def accuracy_table(comparison: Comparison, *, silog: bool = False, delta_metric: str = "rmse") -> Table:
+def _bootstrap_text(b: dict) -> str:
+    return f"{b['diff']:+.3f} [{b['lo']:+.3f}, {b['hi']:+.3f}]"
+
+
+def accuracy_table(comparison: Comparison, *, silog: bool = False, delta_metric: str | None = "rmse") -> Table:
     """The study's accuracy table: Variant, #Params, d1, d2, d3, REL, Sq REL, RMSE, RMSE log,
-    log10 (+ SILog), and with a bootstrap the column "Δ <metric> vs Baseline [95% CI], p"."""
+    log10 (+ SILog), and with a bootstrap (unless delta_metric is None) the column
+    "Δ <metric> vs Baseline [95% CI], p"."""
     info = comparison.info
     columns = [Column("params", "#Params", r"\#Params")]
     columns += [Column(k, h, tex, "higher" if k in HIGHER_IS_BETTER else "lower")
                 for k, h, tex in METRIC_COLUMNS if silog or k != "silog"]
-    boot = comparison.bootstrap
-    label = next(h for k, h, _ in METRIC_COLUMNS if k == delta_metric)
+    boot = comparison.bootstrap if delta_metric else {}
     if boot:
+        label = next(h for k, h, _ in METRIC_COLUMNS if k == delta_metric)
         columns.append(Column("delta", f"Δ {label} vs Baseline [95% CI], p",
                               rf"$\Delta$ {latex_escape(label)} vs Baseline [95\% CI], $p$"))
     rows = []
@@ -508,8 +515,7 @@ def accuracy_table(comparison: Comparison, *, silog: bool = False, delta_metric:
                 text["delta"] = "reference"
             else:
                 values["delta"] = b["diff"]
-                text["delta"] = (f"{b['diff']:+.3f} [{b['lo']:+.3f}, {b['hi']:+.3f}], "
-                                 f"{format_p(b['p'], b['resamples'])}")
+                text["delta"] = f"{_bootstrap_text(b)}, {format_p(b['p'], b['resamples'])}"
                 row["extra"] = {"bootstrap": boot[v.name]}
         rows.append(row)
     notes = [f"↑ higher is better, ↓ lower is better; per-image metrics averaged over {len(comparison.image_names)} "
@@ -519,13 +525,38 @@ def accuracy_table(comparison: Comparison, *, silog: bool = False, delta_metric:
     notes += _seed_note(comparison.variants)
     notes.append("#Params: a stacking variant counts its base learners and meta-learner; a baseline, its bases.")
     if boot:
-        s = comparison.bootstrap_settings
-        notes.append(f"Δ: paired bootstrap over test images of the variant minus {s['reference']} "
-                     f"({s['resamples']} resamples, seed {s['seed']}); 95% percentile interval; two-sided p.")
+        notes.append(_bootstrap_note(comparison))
     title = (f"Accuracy on {info.get('data_name', 'the test set')} ({info.get('split', 'test')}, "
              f"{len(comparison.image_names)} images{', Eigen crop' if info.get('eigen_crop') else ''}"
              f"{', flip TTA' if info.get('flip') else ''})")
     return mark_ranks(Table(title, columns, rows, notes))
+
+
+def _bootstrap_note(comparison: Comparison) -> str:
+    s = comparison.bootstrap_settings
+    return (f"Δ: paired bootstrap over test images of the variant minus {s['reference']} ({s['resamples']} "
+            f"resamples, seed {s['seed']}); 95% percentile interval; two-sided p = 2 min(P(Δ*≤0), P(Δ*≥0)).")
+
+
+def significance_table(comparison: Comparison, keys=("rmse", "abs_rel", "d1")) -> Table:
+    """Δ vs the mean baseline with its 95% CI and p for a few metrics, one row per variant
+    (the bootstrap must have run). Negative Δ is better for errors, positive for δ."""
+    labels = {k: (h, tex) for k, h, tex in METRIC_COLUMNS}
+    columns = []
+    for k in keys:
+        columns += [Column(f"{k}_delta", f"Δ {labels[k][0]} [95% CI]", rf"$\Delta$ {labels[k][1]} [95\% CI]"),
+                    Column(f"{k}_p", "p", "$p$")]
+    rows = []
+    for v in comparison.variants:
+        b = comparison.bootstrap.get(v.name)
+        if b is None:
+            continue
+        values = {f"{k}_{part}": b[k][field] for k in keys for part, field in (("delta", "diff"), ("p", "p"))}
+        text = {f"{k}_delta": _bootstrap_text(b[k]) for k in keys}
+        text.update({f"{k}_p": format_p(b[k]["p"], b[k]["resamples"]) for k in keys})
+        rows.append({"name": v.name, "kind": v.kind, "upper_bound": v.upper_bound, "n_seeds": len(v.results),
+                     "values": values, "text": text})
+    return Table(f"Paired bootstrap against {comparison.reference}", columns, rows, [_bootstrap_note(comparison)])
 
 
 def _hms(seconds: float | None) -> str:

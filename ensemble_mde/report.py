@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ensemble_mde.compare import (Comparison, accuracy_table, compute_table, format_p, render, write_tables)
+from ensemble_mde.compare import Comparison, accuracy_table, compute_table, render, significance_table, write_tables
 from ensemble_mde.io import atomic_write_text, atomic_write_with
 from ensemble_mde.visualize import depth_colormap, pyplot
 
@@ -57,8 +57,8 @@ def save_qualitative_grid(comparison: Comparison, path: str | Path) -> Path | No
     n, m = len(figures["names"]), len(columns)
     h, w = figures["gt"][0].shape
     cell = 2.2
-    fig, axes = plt.subplots(2 * n, m + 2, figsize=((m + 2) * cell, 2 * n * cell * h / w + 0.6 * n),
-                             squeeze=False)
+    fig, axes = plt.subplots(2 * n, m + 2, figsize=((m + 2) * cell, 2 * n * (cell * h / w + 0.35)),
+                             squeeze=False, layout="constrained")
     cmap = depth_colormap()
     err_cmap = plt.get_cmap("inferno").with_extremes(bad="black")
     lo, hi = comparison.info.get("min_depth", 1e-3), comparison.info.get("max_depth", 10.0)
@@ -92,7 +92,8 @@ def save_qualitative_grid(comparison: Comparison, path: str | Path) -> Path | No
 
 def save_weight_grid(comparison: Comparison, path: str | Path) -> Path | None:
     """One row per (stacking variant, figure image): RGB, then the meta-learner's per-pixel
-    weight of each base learner (0-1, they sum to 1 at every pixel)."""
+    weight of each base learner (they sum to 1 at every pixel). One colour scale from 0 to
+    the largest weight shown, so near-uniform weights still show their structure."""
     figures = comparison.figures
     rows = [(v.name, figures["weights"][v.runs[0]], figures["weight_names"].get(v.runs[0], []))
             for v in comparison.variants if v.kind == "meta" and v.runs[0] in figures.get("weights", {})]
@@ -102,8 +103,9 @@ def save_weight_grid(comparison: Comparison, path: str | Path) -> Path | None:
     k = max(len(maps[0]) for _, maps, _ in rows)
     n = len(figures["names"])
     h, w = figures["gt"][0].shape
-    fig, axes = plt.subplots(len(rows) * n, k + 1, figsize=((k + 1) * 2.2, len(rows) * n * 2.2 * h / w + 0.5),
-                             squeeze=False)
+    fig, axes = plt.subplots(len(rows) * n, k + 1, figsize=((k + 1) * 2.2, len(rows) * n * (2.2 * h / w + 0.45)),
+                             squeeze=False, layout="constrained")
+    vmax = max(float(np.asarray(m, dtype=np.float32).max()) for _, maps, _ in rows for m in maps)
     r = 0
     for label, maps, names in rows:
         for i in range(n):
@@ -111,13 +113,13 @@ def save_weight_grid(comparison: Comparison, path: str | Path) -> Path | None:
             axes[r, 0].set_title(f"{label}\n{figures['names'][i]}", fontsize=7)
             weights = np.asarray(maps[i], dtype=np.float32)
             for j in range(weights.shape[0]):
-                im = axes[r, j + 1].imshow(weights[j], cmap="viridis", vmin=0, vmax=1)
+                im = axes[r, j + 1].imshow(weights[j], cmap="viridis", vmin=0, vmax=vmax)
                 learner = names[j] if j < len(names) else f"learner {j}"
                 axes[r, j + 1].set_title(f"w {learner} (mean {weights[j].mean():.2f})", fontsize=7)
             r += 1
     for ax in axes.ravel():
         ax.set_axis_off()
-    fig.colorbar(im, ax=axes.ravel().tolist(), fraction=0.015, pad=0.01, label="weight")
+    fig.colorbar(im, ax=axes.ravel().tolist(), fraction=0.015, pad=0.01, label=f"weight (scale 0-{vmax:.2f})")
     fig.suptitle("meta-learner weight maps", fontsize=10)
     return save_figure(fig, path)
 
@@ -168,21 +170,6 @@ def _relative(path: Path, start: Path) -> str:
     return Path(os.path.relpath(Path(path).resolve(), start.resolve())).as_posix()
 
 
-def bootstrap_markdown(comparison: Comparison, keys=("rmse", "abs_rel", "d1")) -> str:
-    """Δ vs the mean baseline with 95% CI and p, for a few metrics, one row per variant."""
-    s = comparison.bootstrap_settings
-    lines = ["| Variant | " + " | ".join(f"Δ {k} [95% CI]" + ", p" for k in keys) + " |",
-             "|:--|" + "--:|" * len(keys)]
-    for v in comparison.variants:
-        b = comparison.bootstrap.get(v.name)
-        if b is None:
-            continue
-        cells = [f"{b[k]['diff']:+.4f} [{b[k]['lo']:+.4f}, {b[k]['hi']:+.4f}], {format_p(b[k]['p'], s['resamples'])}"
-                 for k in keys]
-        lines.append(f"| {v.name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
 def write_report(comparison: Comparison, out: str | Path, *, silog: bool = False, title: str = "Ensemble comparison",
                  extra_sections: list[str] = ()) -> Path:
     """Tables in every format (compare.write_tables), the figures and report.md in `out`."""
@@ -203,12 +190,8 @@ def write_report(comparison: Comparison, out: str | Path, *, silog: bool = False
              f"evaluated on {info['device_name']}; written {time.strftime('%Y-%m-%d %H:%M')}.", "",
              "## Accuracy", "", render(accuracy_table(comparison, silog=silog), "md")]
     if comparison.bootstrap:
-        s = comparison.bootstrap_settings
-        lines += ["## Significance", "",
-                  f"Paired bootstrap over the test images: each variant minus **{s['reference']}**, "
-                  f"{s['resamples']} resamples (seed {s['seed']}), 95% percentile interval, two-sided p = "
-                  f"2·min(P(Δ*≤0), P(Δ*≥0)). Negative Δ is better for errors, positive for δ.", "",
-                  bootstrap_markdown(comparison), f"All metrics: [bootstrap.json](bootstrap.json).", ""]
+        lines += ["## Significance", "", "Negative Δ is better for errors, positive for δ. All metrics: "
+                  "[bootstrap.json](bootstrap.json).", "", render(significance_table(comparison), "md")]
     lines += ["## Compute", "", render(compute_table(comparison), "md")]
     if grid or weights:
         lines += ["## Qualitative results", ""]

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from ensemble_mde.compare import (Comparison, RunResult, accuracy_table, config_identity, group_by_seed,
-                                  paired_bootstrap, render, rich_table)
+                                  paired_bootstrap, render, rich_table,
+                                  significance_table)
 from ensemble_mde.metrics import METRIC_KEYS
 
 N = 4  # images
@@ -192,3 +193,8 @@ def test_bootstrap_column_against_the_mean_baseline():
     assert row(t, "Baseline (mean)")["text"]["delta"] == "reference"
     assert row(t, "SG rgb+d freeze")["text"]["delta"] == "-0.150 [-0.150, -0.150], p<0.002"
     assert "Δ RMSE vs Baseline" in render(t, "md")
+    assert "delta" not in [col.key for col in accuracy_table(c, delta_metric=None).columns]
+    sig = significance_table(c)
+    assert [r["name"] for r in sig.rows] == ["bts", "SG rgb+d freeze"]     # the reference has no row
+    assert row(sig, "bts")["text"]["rmse_delta"] == "-0.050 [-0.050, -0.050]"
+    assert row(sig, "bts")["values"]["d1_delta"] == pytest.approx(-0.05)

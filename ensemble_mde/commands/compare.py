@@ -74,17 +74,21 @@ def print_tables(comparison, fmt: str, *, silog: bool = False, console=None) -> 
     """Accuracy and compute tables in `fmt` (json: one object with both and the bootstrap)."""
     from rich.console import Console
 
-    from ensemble_mde.compare import accuracy_table, compute_table, render, rich_table, table_dict
+    from ensemble_mde.compare import (accuracy_table, compute_table, render, rich_table, significance_table,
+                                      table_dict)
 
     console = console or Console()
     accuracy, compute = accuracy_table(comparison, silog=silog), compute_table(comparison)
     if fmt == "json":
         print(json.dumps({"accuracy": table_dict(accuracy), "compute": table_dict(compute),
                           "bootstrap": comparison.bootstrap, "info": comparison.info}))
-    elif fmt == "table":  # a log or pipe gets the full width, a terminal its own
-        width = None if console.is_terminal else 220
-        console.print(rich_table(accuracy), width=width)
-        console.print(rich_table(compute), width=width)
+    elif fmt == "table":  # the bootstrap as a table of its own: the terminal is narrower than a page
+        width = None if console.is_terminal else 160
+        tables = [accuracy_table(comparison, silog=silog, delta_metric=None), compute]
+        if comparison.bootstrap:
+            tables.insert(1, significance_table(comparison))
+        for table in tables:
+            console.print(rich_table(table), width=width)
     else:
         print(render(accuracy, fmt))
         print(render(compute, fmt))

@@ -147,8 +147,7 @@ class RunResult:
     run: str                                   # run folder (a baseline: its bases' folders joined by "+")
     seed: int
     group: str
-    per_image: dict[str, np.ndarray]           # metric -> [N] values per image
-    image_names: list[str]
+    per_image: dict[str, np.ndarray]           # metric -> [N] values per image (the comparison's image order)
     upper_bound: bool = False
     order: tuple = ()                          # sort key inside its kind
     cost: dict = field(default_factory=dict)   # params, gmacs, latency_ms, fps, input_size, train_seconds*
@@ -518,7 +517,8 @@ def accuracy_table(comparison: Comparison, *, silog: bool = False, delta_metric:
                 text["delta"] = f"{_bootstrap_text(b)}, {format_p(b['p'], b['resamples'])}"
                 row["extra"] = {"bootstrap": boot[v.name]}
         rows.append(row)
-    notes = [f"↑ higher is better, ↓ lower is better; per-image metrics averaged over {len(comparison.image_names)} "
+    n = len(comparison.image_names)
+    notes = [f"↑ higher is better, ↓ lower is better; per-image metrics averaged over {n} "
              f"{info.get('split', 'test')} images; best in bold, second underlined."]
     if any(v.upper_bound for v in comparison.variants):
         notes.append("† Oracle: per pixel the base nearest the ground truth, an upper bound (not ranked).")
@@ -527,7 +527,7 @@ def accuracy_table(comparison: Comparison, *, silog: bool = False, delta_metric:
     if boot:
         notes.append(_bootstrap_note(comparison))
     title = (f"Accuracy on {info.get('data_name', 'the test set')} ({info.get('split', 'test')}, "
-             f"{len(comparison.image_names)} images{', Eigen crop' if info.get('eigen_crop') else ''}"
+             f"{n} images{', Eigen crop' if info.get('eigen_crop') else ''}"
              f"{', flip TTA' if info.get('flip') else ''})")
     return mark_ranks(Table(title, columns, rows, notes))
 
@@ -930,7 +930,7 @@ def compare_runs(paths: list[str | Path], *, data: str | None = None, split: str
                     cost["train_seconds_total"] = cost["train_seconds"]
                     order = (base_order.get(run.checkpoint, len(base_order)),)
                 results.append(RunResult(_variant_name(run), run.kind, str(run.path), run.seed, identity(run),
-                                         per_image, passes.image_names, order=order, cost=cost))
+                                         per_image, order=order, cost=cost))
             bar.update(task, description="baselines")
             figures_baseline = _baselines(passes, sets, results, baselines, identity, say)
     finally:
@@ -983,9 +983,8 @@ def _baselines(passes: EvaluationPass, sets, results: list[RunResult], names, id
                 figure = maps
             results.append(RunResult(BASELINE_LABELS[kind] + (f" ({learners})" if several else ""), "baseline",
                                      f"{kind}:" + "+".join(m.run for m in members), min(m.seed for m in members),
-                                     f"{kind}|{composition}", per_image, passes.image_names,
-                                     upper_bound=kind == "oracle", order=(BASELINE_NAMES.index(kind),),
-                                     cost=dict(cost)))
+                                     f"{kind}|{composition}", per_image, upper_bound=kind == "oracle",
+                                     order=(BASELINE_NAMES.index(kind),), cost=dict(cost)))
     return figure
 
 

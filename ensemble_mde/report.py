@@ -170,8 +170,8 @@ def _relative(path: Path, start: Path) -> str:
     return Path(os.path.relpath(Path(path).resolve(), start.resolve())).as_posix()
 
 
-def write_report(comparison: Comparison, out: str | Path, *, silog: bool = False, title: str = "Ensemble comparison",
-                 extra_sections: list[str] = ()) -> Path:
+def write_report(comparison: Comparison, out: str | Path, *, silog: bool = False,
+                 title: str = "Ensemble comparison") -> Path:
     """Tables in every format (compare.write_tables), the figures and report.md in `out`."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -197,7 +197,8 @@ def write_report(comparison: Comparison, out: str | Path, *, silog: bool = False
         lines += ["## Qualitative results", ""]
         if grid:
             lines += ["RGB, ground truth, each base learner, the simple average and each stacking variant "
-                      "(first seed), with |pred − gt| below each prediction.", "", "![qualitative](qualitative.png)", ""]
+                      "(first seed), with |pred − gt| below each prediction.", "",
+                      "![qualitative](qualitative.png)", ""]
         if weights:
             lines += ["Per-pixel weights the meta-learner gives each base learner.", "",
                       "![weight maps](weight_maps.png)", ""]
@@ -214,7 +215,6 @@ def write_report(comparison: Comparison, out: str | Path, *, silog: bool = False
         lines.append(f"| {v.name} | {', '.join(map(str, v.seeds))} | {folders} |")
     lines += ["", "Files: accuracy / compute tables as .md .csv .tex .json .txt, per-image metrics in "
               "[per_image.csv](per_image.csv).", ""]
-    lines += list(extra_sections)
     path = out / "report.md"
     atomic_write_text("\n".join(lines), path)
     return path

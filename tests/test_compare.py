@@ -23,9 +23,8 @@ def result(name, kind, rmse, d1, *, seed=0, group=None, upper_bound=False, order
     per_image["rmse"] = np.full(N, float(rmse))
     for k in ("d1", "d2", "d3"):
         per_image[k] = np.full(N, float(d1))
-    return RunResult(name, kind, f"runs/{name}_{seed}", seed, group or name, per_image,
-                     [f"img{i}" for i in range(N)], upper_bound=upper_bound, order=order,
-                     cost={"params": params})
+    return RunResult(name, kind, f"runs/{name}_{seed}", seed, group or name, per_image, upper_bound=upper_bound,
+                     order=order, cost={"params": params})
 
 
 def comparison(results, **info):

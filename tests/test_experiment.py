@@ -66,11 +66,14 @@ def test_second_invocation_skips_finished_steps(finished):
     path, out, _ = finished
     best = out / "runs" / "meter_xxs" / "best.pt"
     stamp = best.stat().st_mtime_ns
+    shutil.copy(out / "report" / "training_curves.png", out / "runs" / "meter_xxs" / "lr_find.png")
     proc = run_cli("experiment", path, "--no-progress", check=True)
     assert "skip train meter_xxs" in proc.stdout and "skip train meta_rgbd_freeze" in proc.stdout
     steps = json.loads((out / "experiment.json").read_text())["steps"]
     assert [s["status"] for s in steps] == ["done", "done", "done", "done", "new"]
     assert best.stat().st_mtime_ns == stamp
+    # plots the runs' own tools wrote are linked from the report
+    assert "[meter_xxs/lr_find.png](../runs/meter_xxs/lr_find.png)" in (out / "report" / "report.md").read_text()
 
 
 def test_compare_cli_formats_and_a_data_mismatch(finished, tmp_path):

@@ -1,0 +1,95 @@
+"""Freeze-mode meta epoch with the prediction cache vs recomputing the base predictions.
+
+Both sides train the same weighting U-Net for the same steps on the same frames (same
+augmentation); "cached" reads the bases' depths from the HDF5 cache (filled beforehand, its
+fill time printed apart), "recompute" runs the frozen bases in every step. Prints one JSON
+line with both epoch times and the ratio (target >= 5x).
+
+    python benchmarks/bench_cache.py --bases adabins,bts,ldrn --frames 64 --size 96x128
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+import base_learners
+from ensemble_mde import runs
+from ensemble_mde.cli import parse_size
+from ensemble_mde.config import load_config
+from ensemble_mde.data import build_dataset
+from ensemble_mde.data.synth import synthesize
+from ensemble_mde.engine import move_batch
+from ensemble_mde.io import atomic_save, file_sha256
+from meta_learner.cache import CachedMetaDataset, PredictionCache, data_identity
+from meta_learner.ensemble import StackedEnsemble
+from meta_learner.unet import WeightingUNet
+
+
+def epoch_seconds(ensemble: StackedEnsemble, dataset, batch_size: int, use_cache: bool) -> float:
+    """One meta epoch (forward, loss, backward, AdamW step over every batch), in seconds."""
+    opt = torch.optim.AdamW(ensemble.param_groups(1e-3), lr=1e-3)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, drop_last=True)
+    ensemble.train()
+    start = time.perf_counter()
+    for batch in loader:
+        batch = move_batch(batch, torch.device("cpu"))
+        cached = batch["base_depths"] if use_cache else None
+        terms = ensemble.loss(ensemble(batch["rgb"], base_depths=cached), batch)
+        opt.zero_grad(set_to_none=True)
+        terms["total"].backward()
+        opt.step()
+    return time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bases", default="adabins,bts,ldrn")
+    parser.add_argument("--frames", type=int, default=64, help="training frames in the epoch")
+    parser.add_argument("--size", type=parse_size, default=(96, 128), help="frame size HxW")
+    parser.add_argument("--batch-size", type=int, default=8)
+    args = parser.parse_args(argv)
+    names = [n.strip() for n in args.bases.split(",")]
+
+    with tempfile.TemporaryDirectory(prefix="bench_cache_") as tmp:
+        tmp = Path(tmp)
+        synthesize(tmp / "data", counts={"train": args.frames}, size=args.size, seed=0, progress=False)
+        cfg = load_config(["defaults", "meta/unet"], overrides=[f"data.path={tmp / 'data'}", "data.val_fraction=0"])
+        plain = build_dataset(cfg, "train", augment=False)
+        torch.manual_seed(0)
+        bases, hashes = [], []
+        for name in names:  # checkpoint files, as trained bases would have (the cache keys on them)
+            base_cfg = load_config(["defaults", f"base/{name}"])
+            model = base_learners.create(name, **runs.model_kwargs(base_cfg)).eval()
+            atomic_save(runs.checkpoint_payload(model, base_cfg), tmp / f"{name}.pt")
+            bases.append(model)
+            hashes.append(file_sha256(tmp / f"{name}.pt"))
+        ensemble = StackedEnsemble(bases, WeightingUNet(len(bases), **cfg["meta"]), names, mode="freeze")
+
+        frame = tuple(plain[0]["rgb"].shape[-2:])
+        cache = PredictionCache.open(tmp / "cache", hashes,
+                                     data_identity(plain.root, plain.format, "train", [r.name for r in plain.records], frame))
+        start = time.perf_counter()
+        cache.fill(plain, bases, batch_size=args.batch_size, progress=False)
+        fill_s = time.perf_counter() - start
+        augment = cfg["augment"]
+        cached_set = CachedMetaDataset(plain, cache, augment, seed=0)
+        recompute_set = build_dataset(cfg, "train")  # the same augmentation, no cached maps
+
+        cached_s = epoch_seconds(ensemble, cached_set, args.batch_size, use_cache=True)
+        recompute_s = epoch_seconds(ensemble, recompute_set, args.batch_size, use_cache=False)
+    result = {"bases": names, "frames": args.frames, "size": list(args.size), "batch_size": args.batch_size,
+              "threads": torch.get_num_threads(), "cache_fill_s": round(fill_s, 3),
+              "epoch_cached_s": round(cached_s, 3), "epoch_recompute_s": round(recompute_s, 3),
+              "speedup": round(recompute_s / cached_s, 2)}
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()

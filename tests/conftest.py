@@ -7,6 +7,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+from torch import nn
+
+from base_learners.common import DepthLearner
 
 torch_threads = os.environ.setdefault("OMP_NUM_THREADS", "2")
 
@@ -31,3 +35,22 @@ def run_cli(*args, timeout=600, check=False):
     if check and proc.returncode != 0:
         raise AssertionError(f"ensemble {' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stderr}")
     return proc
+
+
+class TinyLearner(DepthLearner):
+    """conv -> BN -> ReLU -> conv -> sigmoid * max_depth; loss = masked L1 (+ "total")."""
+
+    def __init__(self, seed: int):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.conv2 = nn.Conv2d(4, 1, 3, padding=1)
+
+    def forward(self, rgb):
+        return {"depth": torch.sigmoid(self.conv2(torch.relu(self.bn(self.conv1(self.normalize(rgb)))))) * self.max_depth}
+
+    def loss(self, outputs, batch):
+        mask = self.valid(batch["depth"])
+        l1 = (outputs["depth"] - batch["depth"])[mask].abs().mean()
+        return {"l1": l1, "total": l1}

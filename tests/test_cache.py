@@ -6,33 +6,19 @@ import os
 
 import pytest
 import torch
-from torch import nn
 
-from base_learners.common import DepthLearner
 from ensemble_mde.data.augment import augment_rng, augment_sample
 from ensemble_mde.errors import DataError
 from ensemble_mde.io import file_sha256
 from meta_learner.cache import CachedMetaDataset, PredictionCache, data_identity
+
+from conftest import TinyLearner
 
 H, W = 24, 32
 N = 6
 AUGMENT = {"enabled": True, "rotate_deg": 2.5, "crop": True, "crop_size": [20, 28], "flip": 1.0,
            "color": 1.0, "color_range": [0.9, 1.1]}
 FP16 = dict(rtol=1e-3, atol=1e-3)   # float16 keeps 11 significant bits: relative error <= 2**-11
-
-
-class TinyLearner(DepthLearner):
-    """conv -> BN -> ReLU -> conv -> sigmoid * max_depth."""
-
-    def __init__(self, seed: int):
-        super().__init__()
-        torch.manual_seed(seed)
-        self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
-        self.bn = nn.BatchNorm2d(4)
-        self.conv2 = nn.Conv2d(4, 1, 3, padding=1)
-
-    def forward(self, rgb):
-        return {"depth": torch.sigmoid(self.conv2(torch.relu(self.bn(self.conv1(self.normalize(rgb)))))) * self.max_depth}
 
 
 class FailingLearner(TinyLearner):

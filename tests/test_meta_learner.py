@@ -5,7 +5,6 @@ import pytest
 import torch
 from torch import nn
 
-from base_learners.common import DepthLearner
 from ensemble_mde.errors import ModelError
 from ensemble_mde.losses import silog_loss
 from ensemble_mde.profiling import count_gmacs, count_params
@@ -13,27 +12,10 @@ from meta_learner import (BASELINES, MeanEnsemble, MedianEnsemble, OracleEnsembl
                           WeightedEnsemble, WeightingUNet, blend)
 from meta_learner.unet import WeightingUNetOnRgb
 
+from conftest import TinyLearner
+
 H, W = 32, 48
 SMALL_UNET = dict(center_channels=16, decoder_channels=(16, 8, 8, 8, 8))
-
-
-class TinyLearner(DepthLearner):
-    """conv -> BN -> ReLU -> conv -> sigmoid * max_depth; loss = masked L1 (+ "total")."""
-
-    def __init__(self, seed: int):
-        super().__init__()
-        torch.manual_seed(seed)
-        self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
-        self.bn = nn.BatchNorm2d(4)
-        self.conv2 = nn.Conv2d(4, 1, 3, padding=1)
-
-    def forward(self, rgb):
-        return {"depth": torch.sigmoid(self.conv2(torch.relu(self.bn(self.conv1(self.normalize(rgb)))))) * self.max_depth}
-
-    def loss(self, outputs, batch):
-        mask = self.valid(batch["depth"])
-        l1 = (outputs["depth"] - batch["depth"])[mask].abs().mean()
-        return {"l1": l1, "total": l1}
 
 
 def make_batch(seed: int = 0, b: int = 2) -> dict:

@@ -38,13 +38,16 @@ def save_depth_png(depth: torch.Tensor | np.ndarray, path: Path) -> None:
 
 
 def save_colorized_depth(depth, path: Path, *, max_depth: float = 10.0, title: str = "") -> None:
-    """[H,W] metres -> PNG with a colour bar in metres (invalid pixels black)."""
+    """[H,W] metres -> PNG with a colour bar in metres spanning the map's valid range
+    (near = bright; invalid pixels black)."""
     plt = pyplot()
     d = np.asarray(depth, dtype=np.float32)
     h, w = d.shape
     fig, ax = plt.subplots(figsize=(max(3.0, w / 100 + 1.2), max(2.4, h / 100)), dpi=100)
     shown = np.ma.masked_less_equal(d, 0)
-    im = ax.imshow(shown, cmap=depth_colormap(), vmin=0, vmax=min(max_depth, float(d.max()) if d.size else max_depth))
+    valid = d[(d > 0) & (d <= max_depth)]
+    lo, hi = (float(valid.min()), float(valid.max())) if valid.size else (0.0, max_depth)
+    im = ax.imshow(shown, cmap=depth_colormap(), vmin=lo, vmax=max(hi, lo + 1e-3))  # the map's own range
     ax.set_axis_off()
     if title:
         ax.set_title(title, fontsize=8)

@@ -26,6 +26,7 @@ from ensemble_mde.data import build_dataset
 from ensemble_mde.data.synth import synthesize
 from ensemble_mde.engine import move_batch
 from ensemble_mde.io import atomic_save, file_sha256
+from ensemble_mde.speed import keep_freed_memory
 from meta_learner.cache import CachedMetaDataset, PredictionCache, data_identity
 from meta_learner.ensemble import StackedEnsemble
 from meta_learner.unet import WeightingUNet
@@ -48,6 +49,7 @@ def epoch_seconds(ensemble: StackedEnsemble, dataset, batch_size: int, use_cache
 
 
 def main(argv: list[str] | None = None) -> dict:
+    keep_freed_memory()  # as the CLI does
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bases", default="adabins,bts,ldrn")
     parser.add_argument("--frames", type=int, default=64, help="training frames in the epoch")
@@ -70,6 +72,8 @@ def main(argv: list[str] | None = None) -> dict:
             bases.append(model)
             hashes.append(file_sha256(tmp / f"{name}.pt"))
         ensemble = StackedEnsemble(bases, WeightingUNet(len(bases), **cfg["meta"]), names, mode="freeze")
+        if cfg["train"]["channels_last"]:  # as the training engine does
+            ensemble.to(memory_format=torch.channels_last)
 
         frame = tuple(plain[0]["rgb"].shape[-2:])
         cache = PredictionCache.open(tmp / "cache", hashes,

@@ -79,7 +79,9 @@ def main(argv: list[str] | None = None) -> None:
         parser.print_help()
         sys.exit(0 if args.command is None else 2)
     from ensemble_mde.distributed import env_rank
+    from ensemble_mde.speed import keep_freed_memory
 
+    keep_freed_memory()  # CPU page faults dominated large-image passes (benchmarks/NOTES.md)
     rank = env_rank()
     prefix = f"[rank {rank}] " if rank else ""
     if rank:

@@ -716,8 +716,11 @@ class EvaluationPass:
         from ensemble_mde.evaluation import model_input_size, resize_rgb
         from ensemble_mde.loading import load_any_run
         from ensemble_mde.profiling import count_gmacs, count_params, measure_latency
+        from ensemble_mde.speed import prepare_for_inference
 
         model, cfg = load_any_run(run.path, device=self.device)
+        params = count_params(model)  # as trained: before the fast path folds BatchNorm
+        prepare_for_inference(model)
         input_size = model_input_size(cfg)
         cached = self.cached_bases(run, input_size)
         key = f"r{len(self.store_keys)}"
@@ -756,7 +759,7 @@ class EvaluationPass:
                     self.progress(len(indices))
         self._check_order(names)
         cost = {"input_size": list(input_size) if input_size else list(self.dataset.gt_size()),
-                "params": count_params(model), "train_seconds": _train_seconds(run)}
+                "params": params, "train_seconds": _train_seconds(run)}
         if self.measure:
             size = cost["input_size"]
             cost["gmacs"] = count_gmacs(model, size)

@@ -10,16 +10,23 @@ from ensemble_mde import config as config_mod
 from ensemble_mde import runs
 
 
-def load_any_run(run: str | Path, device: torch.device | str = "cpu", which: str = "best"):
-    """(model in eval mode on `device`, resolved config) for a run folder or checkpoint."""
+def load_any_run(run: str | Path, device: torch.device | str = "cpu", which: str = "best",
+                 for_inference: bool = False):
+    """(model in eval mode on `device`, resolved config) for a run folder or checkpoint.
+    for_inference: on the fast path (ensemble_mde.speed: BatchNorm folded, channels_last);
+    such a model must not be trained."""
     path = runs.resolve_checkpoint(run, which)
     ckpt = runs.read_checkpoint(path)
     if ckpt.get("kind") == "meta":
         from meta_learner.loading import load_meta_run
 
         model, cfg = load_meta_run(path, ckpt, device=device)
-        return model, cfg
-    model, cfg, _ = runs.load_run(path, device=device)
+    else:
+        model, cfg, _ = runs.load_run(path, device=device)
+    if for_inference:
+        from ensemble_mde.speed import prepare_for_inference
+
+        prepare_for_inference(model)
     return model, cfg
 
 

@@ -80,7 +80,88 @@ def measure_latency(model: nn.Module, size: Sequence[int] = (416, 544), batch: i
 
 
 def profile_model(model: nn.Module, size: Sequence[int] = (416, 544), batch: int = 1,
-                  device: str | torch.device = "cpu", repeats: int = 10) -> dict[str, float]:
-    """{"params", "gmacs", "latency_ms", "fps"} of `model` at size (H, W) and `batch` on `device`."""
-    latency = measure_latency(model, size, batch, device, repeats=repeats)
-    return {"params": count_params(model), "gmacs": count_gmacs(model, size, batch), **latency}
+                  device: str | torch.device = "cpu", repeats: int = 10, compile: bool = False) -> dict[str, float]:
+    """{"params", "gmacs", "latency_ms", "fps"} of `model` at size (H, W) and `batch` on `device`,
+    timed on the fast inference path (ensemble_mde.speed; the model is changed in place).
+    Params are those of the model as trained (counted before BatchNorm is folded)."""
+    from ensemble_mde.speed import prepare_for_inference
+
+    params = count_params(model)
+    gmacs = count_gmacs(model, size, batch)
+    latency = measure_latency(prepare_for_inference(model.to(device), compile=compile), size, batch, device,
+                              repeats=repeats)
+    return {"params": params, "gmacs": gmacs, **latency}
+
+
+def matmul_gflops(dtype: torch.dtype = torch.float32, n: int = 2048, device: str | torch.device = "cpu",
+                  repeats: int = 5) -> float:
+    """The machine's own dense-matmul speed: GFLOP/s (2 n^3 flops per [n,n]@[n,n]) of the
+    median of `repeats` timed products after one warm-up, in `dtype` on `device`."""
+    device = torch.device(device)
+    gen = torch.Generator().manual_seed(0)
+    a, b = (torch.rand(n, n, generator=gen).to(device=device, dtype=dtype) for _ in range(2))
+    times = []
+    with torch.inference_mode():
+        torch.mm(a, b)
+        for _ in range(max(1, int(repeats))):
+            _synchronize(device)
+            start = time.perf_counter()
+            torch.mm(a, b)
+            _synchronize(device)
+            times.append(time.perf_counter() - start)
+    return 2 * n ** 3 / statistics.median(times) / 1e9
+
+
+def _resident_kib(field: str) -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise OSError(f"/proc/self/status has no {field}")
+
+
+def peak_memory_mb(run, device: str | torch.device = "cpu") -> float:
+    """Peak memory (MB) that `run()` adds: on CUDA the allocator's peak above what was
+    allocated before; on CPU the growth of the process's peak resident set (VmHWM, reset
+    through /proc/self/clear_refs first), so it includes allocator caching."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        _synchronize(device)
+        before = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        run()
+        _synchronize(device)
+        return (torch.cuda.max_memory_allocated(device) - before) / 2 ** 20
+    with open("/proc/self/clear_refs", "w") as refs:
+        refs.write("5")  # Linux: reset VmHWM to the current resident set
+    before = _resident_kib("VmRSS")
+    run()
+    return (_resident_kib("VmHWM") - before) / 1024
+
+
+def training_images_per_s(model: nn.Module, size: Sequence[int], batch: int, device: str | torch.device = "cpu",
+                          steps: int = 3, base_depths: int = 0) -> float:
+    """Images/s of whole training steps (forward, `model.loss`, backward, AdamW step) on random
+    rgb [batch,3,H,W] with GT depth uniform in 1..5 m: the median of `steps` timed steps after
+    one warm-up step. base_depths=K feeds K random depth maps as `base_depths` (a freeze-mode
+    stacked ensemble reading its prediction cache). The weights change: pass a copy."""
+    device = torch.device(device)
+    model.to(device).train()
+    gen = torch.Generator().manual_seed(0)
+    h, w = (int(v) for v in size)
+    batch_dict = {"rgb": torch.rand(batch, 3, h, w, generator=gen).to(device),
+                  "depth": (1 + 4 * torch.rand(batch, 1, h, w, generator=gen)).to(device)}
+    extra = {"base_depths": (1 + 4 * torch.rand(batch, base_depths, h, w, generator=gen)).to(device)} if base_depths else {}
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
+    times = []
+    for index in range(max(1, int(steps)) + 1):
+        _synchronize(device)
+        start = time.perf_counter()
+        loss = model.loss(model(batch_dict["rgb"], **extra), batch_dict)["total"]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        _synchronize(device)
+        if index:
+            times.append(time.perf_counter() - start)
+    return batch / statistics.median(times)

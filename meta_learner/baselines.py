@@ -17,7 +17,7 @@ from torch import nn
 
 from base_learners.common import valid_mask
 from ensemble_mde.errors import ModelError
-from meta_learner.ensemble import blend
+from meta_learner.ensemble import blend, run_bases
 
 
 class AveragingBaseline(nn.Module):
@@ -76,6 +76,22 @@ class OracleEnsemble(AveragingBaseline):
         best = base_depths.gather(1, nearest)
         return torch.where(valid_mask(gt, self.min_depth, self.max_depth), best,
                            base_depths.mean(dim=1, keepdim=True))
+
+
+class BaselineOverBases(nn.Module):
+    """A baseline run on live base learners: forward(rgb [B,3,H,W] in [0,1]) ->
+    {"depth": [B,1,H,W], "base_depths": [B,K,H,W]}. What a user of the simple average runs
+    (timed against the stacked ensemble over the same bases)."""
+
+    def __init__(self, bases: nn.ModuleList, names: list[str], baseline: AveragingBaseline):
+        super().__init__()
+        if baseline.needs_gt:
+            raise ModelError(f"{type(baseline).__name__} needs the ground truth; it cannot run on images alone")
+        self.bases, self.names, self.baseline = bases, [str(n) for n in names], baseline
+
+    def forward(self, rgb: torch.Tensor) -> dict:
+        base_depths, _ = run_bases(self.bases, self.names, rgb)
+        return {"depth": self.baseline(base_depths), "base_depths": base_depths}
 
 
 BASELINES = {"mean": MeanEnsemble, "median": MedianEnsemble, "weighted": WeightedEnsemble, "oracle": OracleEnsemble}

@@ -32,6 +32,17 @@ def blend(weights: torch.Tensor, depths: torch.Tensor) -> torch.Tensor:
     return (weights * depths).sum(dim=1, keepdim=True)
 
 
+def run_bases(bases: nn.ModuleList, names: list[str], rgb: torch.Tensor) -> tuple[torch.Tensor, list[dict]]:
+    """(base depths [B,K,H,W] metres, each base's output dict) for rgb [B,3,H,W]; each base
+    must return depth at the input resolution."""
+    outputs = [base(rgb) for base in bases]
+    for name, out in zip(names, outputs):
+        if tuple(out["depth"].shape[-2:]) != tuple(rgb.shape[-2:]):
+            raise ModelError(f"base learner {name!r} returned depth {tuple(out['depth'].shape)} for input "
+                             f"{tuple(rgb.shape)}; depth must be at the input resolution", name)
+    return torch.cat([out["depth"] for out in outputs], dim=1), outputs
+
+
 class StackedEnsemble(nn.Module):
     """forward(rgb [B,3,H,W] in [0,1], base_depths [B,K,H,W] | None) ->
     {"depth": [B,1,H,W], "weights": [B,K,H,W], "base_depths": [B,K,H,W]}
@@ -74,12 +85,7 @@ class StackedEnsemble(nn.Module):
     def run_bases(self, rgb: torch.Tensor) -> tuple[torch.Tensor, list[dict]]:
         """(base depths [B,K,H,W], each base's output dict); no graph for frozen bases."""
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.mode != "freeze"):
-            outputs = [base(rgb) for base in self.bases]
-        for name, out in zip(self.names, outputs):
-            if tuple(out["depth"].shape[-2:]) != tuple(rgb.shape[-2:]):
-                raise ModelError(f"base learner {name!r} returned depth {tuple(out['depth'].shape)} for input "
-                                 f"{tuple(rgb.shape)}; depth must be at the input resolution", name)
-        return torch.cat([out["depth"] for out in outputs], dim=1), outputs
+            return run_bases(self.bases, self.names, rgb)
 
     def forward(self, rgb: torch.Tensor, base_depths: torch.Tensor | None = None) -> dict:
         base_outputs = None

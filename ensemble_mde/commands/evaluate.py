@@ -39,6 +39,7 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=int, default=1, dest="batch_size")
     p.add_argument("--repeats", type=int, default=10, help="timed forward passes")
     p.add_argument("--device", metavar="D")
+    p.add_argument("--compile", action="store_true", help="time the torch.compile'd model (compiles first: minutes on CPU)")
     p.add_argument("--json", action="store_true", help="print one JSON object: params gmacs latency_ms fps")
     p.set_defaults(func=cmd_profile)
 
@@ -67,7 +68,7 @@ def cmd_evaluate(args) -> int:
     from ensemble_mde.metrics import METRIC_KEYS
 
     device = resolve_device(args.device or "auto")
-    model, run_cfg = load_any_run(args.run, device=device)
+    model, run_cfg = load_any_run(args.run, device=device, for_inference=True)
     cfg = _eval_config(run_cfg, args)
     dataset = build_dataset(cfg, args.split, augment=False)
     eigen = eigen_crop_default(cfg["data"], dataset)
@@ -101,7 +102,7 @@ def cmd_predict(args) -> int:
     from ensemble_mde.visualize import save_colorized_depth, save_depth_png, save_weight_maps
 
     device = resolve_device(args.device or "auto")
-    model, cfg = load_any_run(args.run, device=device)
+    model, cfg = load_any_run(args.run, device=device, for_inference=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     size = model_input_size(cfg)
@@ -140,7 +141,8 @@ def cmd_profile(args) -> int:
     else:
         model, cfg = packaged_learner(args.target, num_learners=args.learners)
     size = parse_size(args.size) if args.size else tuple(cfg["data"].get("size") or (416, 544))
-    result = profile_model(model, size, batch=args.batch_size, device=device, repeats=args.repeats)
+    result = profile_model(model, size, batch=args.batch_size, device=device, repeats=args.repeats,
+                           compile=args.compile)
     if args.json:
         print(json.dumps({k: result[k] for k in ("params", "gmacs", "latency_ms", "fps")}))
         return 0

@@ -1,0 +1,240 @@
+"""The benchmark suite (DESIGN.md §9): one table, one JSON, every figure measured in this run.
+
+For each base learner, the weighting U-Net alone, the simple average of the bases and the
+stacked ensemble (rgb+d), at each size: params, GMACs, latency at batch 1, throughput at
+batch 8, training images/s, peak memory, achieved GFLOP/s as a fraction of this machine's
+own fp32 matmul GFLOP/s (bf16 measured too). Then the ratios the project promises:
+ensemble latency over simple-average latency, freeze-mode meta epoch with the prediction
+cache over without (benchmarks/bench_cache.py), loader images/s over training-step images/s
+at the demo's size with the default workers, and the synthetic renderer's frames/s
+(benchmarks/bench_synth.py). Weights are freshly initialised: speed does not depend on them.
+
+    python benchmarks/bench.py                      # the full suite, ~15 min on 2 CPU cores
+    python benchmarks/bench.py --sizes 192x256 --skip-train --out /tmp/quick.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+import bench_cache
+import bench_synth
+from ensemble_mde import runs
+from ensemble_mde.cli import parse_size
+from ensemble_mde.config import load_config
+from ensemble_mde.data import build_dataset
+from ensemble_mde.data.synth import synthesize
+from ensemble_mde.device import resolve_device
+from ensemble_mde.profiling import (count_gmacs, count_params, matmul_gflops, measure_latency, peak_memory_mb,
+                                    training_images_per_s)
+from ensemble_mde.speed import keep_freed_memory, prepare_for_inference
+from meta_learner.baselines import BaselineOverBases, MeanEnsemble
+from meta_learner.ensemble import StackedEnsemble
+from meta_learner.unet import WeightingUNet, WeightingUNetOnRgb
+
+DEMO_LEARNER = "bts"  # the loader is measured against this learner's training step
+
+
+def build_models(learners: list[str]) -> dict[str, tuple[torch.nn.Module, int]]:
+    """name -> (model taking rgb, K base maps its training step reads from the cache or 0)."""
+    cfgs = {name: load_config(["defaults", f"base/{name}"]) for name in learners}
+    bases = [runs.build_learner(cfgs[name]).eval() for name in learners]
+    meta_cfg = load_config(["defaults", "meta/unet"])
+    meta = WeightingUNet(len(bases), max_depth=meta_cfg["data"]["max_depth"], **meta_cfg["meta"])
+    ensemble = StackedEnsemble(bases, meta, learners, mode="freeze").eval()
+    models = {name: (base, 0) for name, base in zip(learners, bases)}
+    models["meta"] = (WeightingUNetOnRgb(meta), 0)
+    models["average"] = (BaselineOverBases(ensemble.bases, learners, MeanEnsemble()), 0)
+    models["ensemble"] = (ensemble, len(bases))
+    return models
+
+
+def model_row(name: str, plain: tuple[torch.nn.Module, int], fast: torch.nn.Module, size: tuple[int, int],
+              device: torch.device, args) -> dict:
+    """Every per-model figure at one size: cost from the plain model as trained, inference
+    timed on the fast path (`fast`, or `plain` itself with --plain), training on the plain one."""
+    model, cache_maps = plain
+    row = {"model": name, "size": f"{size[0]}x{size[1]}", "params": count_params(model),
+           "gmacs": round(count_gmacs(model, size), 3)}
+    latency = measure_latency(fast, size, 1, device, warmup=1, repeats=args.repeats)
+    row["latency_ms"] = round(latency["latency_ms"], 1)
+    row["throughput_b8"] = round(measure_latency(fast, size, 8, device, warmup=1, repeats=args.repeats_b8)["fps"], 2)
+    row["peak_mb_b1"] = peak_in_fresh_process(name, size, device, args)
+    row["gflops"] = round(2 * row["gmacs"] / (row["latency_ms"] / 1e3), 2)
+    if not args.skip_train and name not in ("meta", "average"):
+        # meta: trained inside the freeze-mode ensemble (the `ensemble` row, cached base maps);
+        # average: nothing to train.
+        state = {k: v.clone() for k, v in model.state_dict().items()}
+        trainable = [p.requires_grad for p in model.parameters()]
+        if not cache_maps:
+            model.requires_grad_(True)  # a base row: its module is frozen inside the freeze-mode ensemble
+        row["train_img_s"] = round(training_images_per_s(model, size, args.train_batch, device,
+                                                         steps=args.train_steps, base_depths=cache_maps), 2)
+        for p, flag in zip(model.parameters(), trainable):
+            p.requires_grad_(flag)
+        model.load_state_dict(state)
+        model.eval()
+    return row
+
+
+def peak_in_fresh_process(name: str, size: tuple[int, int], device: torch.device, args) -> float:
+    """Peak memory (MB) one batch-1 inference adds, measured in a new process (`--peak-of`):
+    in this one, memory freed by earlier measurements would be reused and hide the peak."""
+    cmd = [sys.executable, __file__, "--peak-of", name, "--sizes", f"{size[0]}x{size[1]}", "--learners",
+           args.learners, "--device", str(device)] + (["--plain"] if args.plain else [])
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return float(proc.stdout.strip().splitlines()[-1])
+
+
+def print_peak_of(name: str, learners: list[str], size: tuple[int, int], device: torch.device, plain: bool) -> None:
+    model = build_models(learners)[name][0].to(device)
+    if not plain:
+        prepare_for_inference(model)
+    x = torch.rand(1, 3, *size, device=device)
+    with torch.inference_mode():
+        print(round(peak_memory_mb(lambda: model(x), device), 1))
+
+
+def loader_vs_step(device: torch.device, frames: int = 160) -> dict:
+    """Loader images/s (default workers, demo frames 96x128 resized to the cpu preset's size,
+    augmentation on) over the demo learner's training-step images/s on those batches."""
+    with tempfile.TemporaryDirectory(prefix="bench_loader_") as tmp:
+        synthesize(Path(tmp), counts={"train": frames}, size=(96, 128), seed=0, progress=False)
+        cfg = load_config(["defaults", f"base/{DEMO_LEARNER}"], preset="cpu",
+                          overrides=[f"data.path={tmp}", "data.val_fraction=0"])
+        train_set = build_dataset(cfg, "train")
+        train_set.set_epoch(0)
+        batch_size, workers = int(cfg["train"]["batch_size"]), int(cfg["data"]["workers"])
+        loader = torch.utils.data.DataLoader(train_set, batch_size=batch_size, shuffle=True, drop_last=True,
+                                             num_workers=workers, pin_memory=device.type == "cuda")
+        batches, start, counted = [], None, 0
+        for index, batch in enumerate(loader):
+            if index == 0:
+                start = time.perf_counter()  # workers started and warm
+            else:
+                counted += batch["rgb"].shape[0]
+            batches.append(batch)
+        loader_s = time.perf_counter() - start
+        model = runs.build_learner(cfg).to(device).train()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
+        step_times = []
+        for index, batch in enumerate(batches[:8]):
+            batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+            start = time.perf_counter()
+            loss = model.loss(model(batch["rgb"]), batch)["total"]
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if index:
+                step_times.append(time.perf_counter() - start)
+    loader_img_s = counted / loader_s
+    step_img_s = batch_size * len(step_times) / sum(step_times)
+    return {"learner": DEMO_LEARNER, "frame": [96, 128], "size": list(cfg["data"]["size"]), "batch": batch_size,
+            "workers": workers, "loader_img_s": round(loader_img_s, 1), "train_step_img_s": round(step_img_s, 1),
+            "ratio": round(loader_img_s / step_img_s, 2)}
+
+
+def print_table(rows: list[dict], peak: float) -> None:
+    cols = [("model", "model", "{}"), ("size", "size", "{}"), ("params", "params", "{:,}"), ("gmacs", "GMACs", "{:.3f}"),
+            ("latency_ms", "b1 ms", "{:.1f}"), ("throughput_b8", "b8 img/s", "{:.2f}"),
+            ("train_img_s", "train img/s", "{:.2f}"), ("peak_mb_b1", "peak MB", "{:.0f}"),
+            ("gflops", "GFLOP/s", "{:.1f}"), ("of_peak", "of fp32 mm", "{:.0%}")]
+    cells = [[h for _, h, _ in cols]]
+    for row in rows:
+        row = {**row, "of_peak": row["gflops"] / peak}
+        cells.append([f.format(row[k]) if k in row else "-" for k, _, f in cols])
+    widths = [max(len(r[i]) for r in cells) for i in range(len(cols))]
+    for line in cells:
+        print("  ".join(c.rjust(w) if i > 1 else c.ljust(w) for i, (c, w) in enumerate(zip(line, widths))))
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--learners", default="adabins,bts,ldrn")
+    parser.add_argument("--sizes", default="416x544,192x256", help="comma-separated HxW")
+    parser.add_argument("--repeats", type=int, default=5, help="timed batch-1 passes")
+    parser.add_argument("--repeats-b8", type=int, default=2, dest="repeats_b8", help="timed batch-8 passes")
+    parser.add_argument("--train-batch", type=int, default=2, dest="train_batch")
+    parser.add_argument("--train-steps", type=int, default=2, dest="train_steps")
+    parser.add_argument("--skip-train", action="store_true", dest="skip_train")
+    parser.add_argument("--skip-extras", action="store_true", dest="skip_extras",
+                        help="models only: no cache, loader or renderer figures")
+    parser.add_argument("--plain", action="store_true",
+                        help="time inference on the plain models (no BatchNorm folding, no channels_last, "
+                             "system allocator settings), to measure what the fast path gains")
+    parser.add_argument("--compile", action="store_true", help="also torch.compile the fast models")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--out", default="benchmarks/results.json")
+    parser.add_argument("--peak-of", dest="peak_of", help=argparse.SUPPRESS)  # internal: one peak-memory figure
+    args = parser.parse_args(argv)
+    device = resolve_device(args.device)
+    if not args.plain:
+        keep_freed_memory()
+    learners = [n.strip() for n in args.learners.split(",")]
+    sizes = [parse_size(s) for s in args.sizes.split(",")]
+    torch.manual_seed(0)
+    if args.peak_of:
+        print_peak_of(args.peak_of, learners, sizes[0], device, args.plain)
+        return {}
+
+    machine = {"device": str(device), "cpu": platform.processor() or platform.machine(), "fast_path": not args.plain,
+               "compile": bool(args.compile),
+               "threads": torch.get_num_threads(), "torch": torch.__version__,
+               "fp32_matmul_gflops": round(matmul_gflops(torch.float32, device=device), 1),
+               "bf16_matmul_gflops": round(matmul_gflops(torch.bfloat16, device=device), 1)}
+    print(f"machine: {machine}", flush=True)
+    peak = machine["fp32_matmul_gflops"]
+    models = build_models(learners)  # as trained: cost and training figures
+    for model, _ in models.values():  # the training engine's layout (train.channels_last), unless --plain
+        model.to(device, memory_format=torch.preserve_format if args.plain else torch.channels_last)
+    if args.plain:
+        timed = {name: model for name, (model, _) in models.items()}
+    else:
+        fast = build_models(learners)
+        prepare_for_inference(fast["ensemble"][0].to(device))  # folds the bases and meta every row shares
+        timed = {name: torch.compile(model) if args.compile else model for name, (model, _) in fast.items()}
+    rows = []
+    for size in sizes:
+        for name in models:
+            rows.append(model_row(name, models[name], timed[name], size, device, args))
+            print(f"  measured {name} at {rows[-1]['size']}", flush=True)
+
+    ratios = {}
+    for size in sizes:
+        tag = f"{size[0]}x{size[1]}"
+        by = {r["model"]: r for r in rows if r["size"] == tag}
+        ratios[f"ensemble_over_average_latency_{tag}"] = round(by["ensemble"]["latency_ms"] / by["average"]["latency_ms"], 3)
+        ratios[f"ensemble_of_fp32_peak_{tag}"] = round(by["ensemble"]["gflops"] / peak, 3)
+    result = {"machine": machine, "models": rows, "ratios": ratios}
+    if not args.skip_extras:
+        result["cache"] = bench_cache.main(["--size", "416x544", "--frames", "16", "--batch-size", "4"])
+        ratios["cache_speedup"] = result["cache"]["speedup"]
+        result["loader"] = loader_vs_step(device)
+        ratios["loader_over_train_step"] = result["loader"]["ratio"]
+        result["synth"] = bench_synth.main(["--frames", "100"])
+        ratios["synth_frames_per_s"] = result["synth"]["frames_per_s"]
+
+    print()
+    print_table(rows, peak)
+    print()
+    for key, value in ratios.items():
+        print(f"{key}: {value}")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    print(f"written {args.out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -16,6 +16,7 @@ at the demo's size with the default workers, and the synthetic renderer's frames
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import platform
 import statistics
@@ -74,16 +75,11 @@ def model_row(name: str, plain: tuple[torch.nn.Module, int], fast: torch.nn.Modu
     if not args.skip_train and name not in ("meta", "average"):
         # meta: trained inside the freeze-mode ensemble (the `ensemble` row, cached base maps);
         # average: nothing to train.
-        state = {k: v.clone() for k, v in model.state_dict().items()}
-        trainable = [p.requires_grad for p in model.parameters()]
+        trained = copy.deepcopy(model)  # training changes the weights the inference rows share
         if not cache_maps:
-            model.requires_grad_(True)  # a base row: its module is frozen inside the freeze-mode ensemble
-        row["train_img_s"] = round(training_images_per_s(model, size, args.train_batch, device,
+            trained.requires_grad_(True)  # a base row: its module is frozen inside the freeze-mode ensemble
+        row["train_img_s"] = round(training_images_per_s(trained, size, args.train_batch, device,
                                                          steps=args.train_steps, base_depths=cache_maps), 2)
-        for p, flag in zip(model.parameters(), trainable):
-            p.requires_grad_(flag)
-        model.load_state_dict(state)
-        model.eval()
     return row
 
 
@@ -91,20 +87,12 @@ def paired_latency_ratio(model: torch.nn.Module, reference: torch.nn.Module, siz
                          device: torch.device, repeats: int) -> float:
     """Median batch-1 latency of `model` over that of `reference`, timed in alternation so
     that drift on a shared machine hits both alike."""
-    x = torch.rand(1, 3, *size, device=device)
-    times = {id(model): [], id(reference): []}
-    with torch.inference_mode():
-        model.eval()(x), reference.eval()(x)
-        for _ in range(repeats):
-            for m in (model, reference):
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                start = time.perf_counter()
-                m(x)
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                times[id(m)].append(time.perf_counter() - start)
-    return statistics.median(times[id(model)]) / statistics.median(times[id(reference)])
+    def one_pass(m: torch.nn.Module, warmup: int = 0) -> float:
+        return measure_latency(m, size, 1, device, warmup=warmup, repeats=1)["latency_ms"]
+
+    one_pass(model, warmup=1), one_pass(reference, warmup=1)
+    pairs = [(one_pass(model), one_pass(reference)) for _ in range(repeats)]
+    return statistics.median(a for a, _ in pairs) / statistics.median(b for _, b in pairs)
 
 
 def peak_in_fresh_process(name: str, size: tuple[int, int], device: torch.device, args) -> float:
@@ -137,30 +125,17 @@ def loader_vs_step(device: torch.device, frames: int = 160) -> dict:
         batch_size, workers = int(cfg["train"]["batch_size"]), int(cfg["data"]["workers"])
         loader = torch.utils.data.DataLoader(train_set, batch_size=batch_size, shuffle=True, drop_last=True,
                                              num_workers=workers, pin_memory=device.type == "cuda")
-        batches, start, counted = [], None, 0
+        start, counted = None, 0
         for index, batch in enumerate(loader):
             if index == 0:
                 start = time.perf_counter()  # workers started and warm
             else:
                 counted += batch["rgb"].shape[0]
-            batches.append(batch)
         loader_s = time.perf_counter() - start
-        model = runs.build_learner(cfg).to(device).train()
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
-        step_times = []
-        for index, batch in enumerate(batches[:8]):
-            batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-            start = time.perf_counter()
-            loss = model.loss(model(batch["rgb"]), batch)["total"]
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            if index:
-                step_times.append(time.perf_counter() - start)
+        size = tuple(batch["rgb"].shape[-2:])
     loader_img_s = counted / loader_s
-    step_img_s = batch_size * len(step_times) / sum(step_times)
+    # A training step's time does not depend on the pixels: random frames of the loader's shape.
+    step_img_s = training_images_per_s(runs.build_learner(cfg), size, batch_size, device, steps=7)
     return {"learner": DEMO_LEARNER, "frame": [96, 128], "size": list(cfg["data"]["size"]), "batch": batch_size,
             "workers": workers, "loader_img_s": round(loader_img_s, 1), "train_step_img_s": round(step_img_s, 1),
             "ratio": round(loader_img_s / step_img_s, 2)}

@@ -53,21 +53,27 @@ def lr_range_test(
             diverged = True
             break
     return {"lrs": lrs, "losses": losses, "smoothed": smoothed, "diverged": diverged,
-            "suggestion": steepest_descent_lr(lrs, smoothed)}
+            "suggestion": steepest_descent_lr(lrs, smoothed, smoothing)}
 
 
-def steepest_descent_lr(lrs: list[float], smoothed: list[float]) -> float:
-    """LR at the most negative slope of the smoothed loss against log10(lr), ignoring the
-    first and last 10% of the curve (start-up noise and the divergence tail)."""
+def steepest_descent_lr(lrs: list[float], smoothed: list[float], smoothing: float = 0.98) -> float:
+    """LR at the steepest fall of the smoothed loss against log10(lr): the most negative
+    least-squares slope over a centred window of a fifth of the curve (at least 5 steps;
+    minibatch noise makes shorter windows pick chance dips).
+    The search starts once the EMA averages about 1 / (1 - smoothing) steps (at most a
+    quarter of the curve; before that it follows single minibatches) and ends at the
+    smoothed minimum (past it the loss only rises toward divergence)."""
     n = len(lrs)
-    if n < 3:
+    if n < 5:
         return lrs[0] if lrs else float("nan")
     loss = np.asarray(smoothed, dtype=np.float64)
-    finite = np.isfinite(loss)
-    log_lr = np.log10(np.asarray(lrs))
-    slope = np.gradient(np.where(finite, loss, np.nanmax(np.where(finite, loss, -np.inf))), log_lr)
-    lo, hi = int(0.1 * n), max(int(0.9 * n), int(0.1 * n) + 1)
-    return float(lrs[lo + int(np.argmin(slope[lo:hi]))])
+    loss = np.where(np.isfinite(loss), loss, np.nanmax(np.where(np.isfinite(loss), loss, -np.inf)))
+    x = np.log10(np.asarray(lrs, dtype=np.float64))
+    half = max(2, n // 10)
+    first = max(half, min(int(round(1.0 / (1.0 - smoothing))), n // 4))
+    last = max(first + 1, min(int(np.argmin(loss)), n - half))
+    slopes = [np.polyfit(x[c - half:c + half + 1], loss[c - half:c + half + 1], 1)[0] for c in range(first, last)]
+    return float(lrs[first + int(np.argmin(slopes))])
 
 
 def plot_lr_curve(result: dict, path: Path, title: str = "") -> None:

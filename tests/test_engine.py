@@ -2,11 +2,12 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from ensemble_mde.engine import EpochSampler, one_cycle_lr
-from ensemble_mde.lr_finder import lr_range_test
+from ensemble_mde.lr_finder import lr_range_test, steepest_descent_lr
 
 
 def test_one_cycle_warmup_end_and_final_lr():
@@ -54,3 +55,24 @@ def test_lr_range_test_suggests_the_right_decade():
     assert result["diverged"]
     assert 1e-2 <= result["suggestion"] <= 2e-1, result["suggestion"]
     assert all(math.isfinite(v) for v in result["lrs"])
+
+
+def test_lr_suggestion_ignores_minibatch_noise():
+    # A loss that falls by 1 around lr = 1e-3 (in log-lr), seen through minibatch noise of
+    # std 0.5 and the finder's EMA. The suggestion must land where the noiseless smoothed
+    # curve falls fastest (within half a decade), not on a dip of the noise.
+    steps, beta = 200, 0.98
+    lrs = np.logspace(-7, 0, steps)
+    clean = 5.0 - 1.0 / (1.0 + np.exp(-2.0 * (np.log10(lrs) + 3.0)))
+    noisy = clean + np.random.default_rng(0).normal(0.0, 0.5, steps)
+
+    def smooth(values):
+        avg, out = 0.0, []
+        for i, v in enumerate(values):
+            avg = beta * avg + (1 - beta) * v
+            out.append(avg / (1 - beta ** (i + 1)))
+        return np.array(out)
+
+    expected = lrs[int(np.argmin(np.gradient(smooth(clean), np.log10(lrs))))]
+    suggestion = steepest_descent_lr(list(lrs), list(smooth(noisy)), beta)
+    assert abs(math.log10(suggestion / expected)) <= 0.5, (suggestion, expected)

@@ -1,10 +1,25 @@
-"""Rich progress displays shared by every long-running command."""
+"""Rich progress displays and the console every command prints through."""
 
 from __future__ import annotations
 
+import os
+
+from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
 from rich.text import Text
+
+PIPED_WIDTH = 200   # columns when the output is not a terminal
+
+
+def output_console(stderr: bool = False) -> Console:
+    """A rich Console on stdout (or stderr). Piped into a file or a CI log, rich would
+    assume 80 columns and cut table cells to ellipses; there it is PIPED_WIDTH wide
+    unless $COLUMNS says otherwise."""
+    console = Console(stderr=stderr)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console = Console(stderr=stderr, width=PIPED_WIDTH)
+    return console
 
 
 class RateColumn(ProgressColumn):

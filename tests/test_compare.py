@@ -153,6 +153,18 @@ def test_rich_table_styles_first_bold_second_underlined(table):
     assert "SG rgb+d freeze" in plain and "\x1b[" not in plain
 
 
+def test_piped_table_keeps_every_digit(table, capsys, monkeypatch):
+    # Under pytest stdout is not a terminal, as in `ensemble compare > table.txt` or a CI log:
+    # rich alone would assume 80 columns and cut the numbers to ellipses.
+    from ensemble_mde.progress import output_console
+
+    monkeypatch.delenv("COLUMNS", raising=False)
+    output_console().print(rich_table(table))
+    text = capsys.readouterr().out
+    assert "…" not in text
+    assert "0.300" in text and "SG rgb+d freeze" in text
+
+
 def test_unknown_format_is_one_clear_error(table):
     from ensemble_mde.errors import ConfigError
 

@@ -72,12 +72,12 @@ def parse_baselines(text: str) -> list[str]:
 
 def print_tables(comparison, fmt: str, *, silog: bool = False, console=None) -> None:
     """Accuracy and compute tables in `fmt` (json: one object with both and the bootstrap)."""
-    from rich.console import Console
+    from ensemble_mde.progress import output_console
 
     from ensemble_mde.compare import (accuracy_table, compute_table, render, rich_table, significance_table,
                                       table_dict)
 
-    console = console or Console()
+    console = console or output_console()
     accuracy, compute = accuracy_table(comparison, silog=silog), compute_table(comparison)
     if fmt == "json":
         print(json.dumps({"accuracy": table_dict(accuracy), "compute": table_dict(compute),
@@ -95,12 +95,12 @@ def print_tables(comparison, fmt: str, *, silog: bool = False, console=None) -> 
 
 
 def cmd_compare(args) -> int:
-    from rich.console import Console
+    from ensemble_mde.progress import output_console
 
     from ensemble_mde.compare import compare_runs, finished_runs
     from ensemble_mde.report import write_report
 
-    console = Console(stderr=args.format != "table")
+    console = output_console(stderr=args.format != "table")
     paths = args.runs or finished_runs(args.runs_dir)
     comparison = compare_runs(paths, data=args.data, split=args.split, flip=args.flip_tta,
                               baselines=parse_baselines(args.baselines), bootstrap=args.bootstrap,

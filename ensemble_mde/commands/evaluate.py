@@ -79,7 +79,7 @@ def cmd_evaluate(args) -> int:
     if args.json:
         print(json.dumps({k: metrics[k] for k in (*METRIC_KEYS, "n_images")}))
         return 0
-    from rich.console import Console
+    from ensemble_mde.progress import output_console
     from rich.table import Table
 
     table = Table(title=f"{args.run} on {cfg['data']['path']} ({args.split}, {metrics['n_images']} images"
@@ -87,7 +87,7 @@ def cmd_evaluate(args) -> int:
     for key in METRIC_KEYS:
         table.add_column(key, justify="right")
     table.add_row(*(f"{metrics[k]:.4f}" for k in METRIC_KEYS))
-    Console().print(table)
+    output_console().print(table)
     return 0
 
 

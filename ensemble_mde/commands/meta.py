@@ -26,7 +26,7 @@ def register(sub) -> None:
 
 
 def cmd_train_meta(args) -> int:
-    from rich.console import Console
+    from ensemble_mde.progress import output_console
 
     from ensemble_mde.pipeline import cli_overrides
     from meta_learner.training import meta_config, train_meta
@@ -37,7 +37,7 @@ def cmd_train_meta(args) -> int:
     bases = [b.strip() for b in args.bases.split(",") if b.strip()] if args.bases else None
     cfg = meta_config(inputs=args.inputs, mode=args.mode, bases=bases, config_file=args.config,
                       overrides=overrides, preset=args.preset)
-    console = Console()
+    console = output_console()
     run_dir, summary = train_meta(cfg, resume=args.resume, progress=not args.no_progress, say=console.print)
     last = summary["last_val"]
     console.print(f"[bold]meta {cfg['meta']['inputs']} {cfg['ensemble']['mode']}[/] -> {run_dir}  best "

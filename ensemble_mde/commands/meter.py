@@ -159,7 +159,7 @@ def cmd_selectivity(args) -> int:
 
 
 def _print_table(result: dict) -> None:
-    from rich.console import Console
+    from ensemble_mde.progress import output_console
     from rich.table import Table
 
     size = result["input_size"]
@@ -172,7 +172,7 @@ def _print_table(result: dict) -> None:
                       f"{r['std']:.4f}", f"{r['median']:.4f}", f"{r['frac_above']:.1%}")
     table.add_section()
     table.add_row("average", "", "", f"{result['average']:.4f}", "", "", "")
-    console = Console()
+    console = output_console()
     console.print(table)
     if "ablation" in result:
         curve = result["ablation"]

@@ -239,11 +239,9 @@ def run_experiment(exp: dict, *, progress: bool = True, console=None) -> dict:
     """Run the plan: an overall progress bar of the steps, each step's own bars beneath it.
     Writes <out>/experiment.json (steps, status, seconds). Returns {"steps", "comparison",
     "report", "seconds"}."""
-    from ensemble_mde.progress import output_console
-
     from ensemble_mde.commands.compare import print_tables
     from ensemble_mde.io import atomic_write_json
-    from ensemble_mde.progress import task_progress
+    from ensemble_mde.progress import output_console, task_progress
 
     console = console or output_console()
     out = Path(exp["out"])

@@ -72,10 +72,9 @@ def parse_baselines(text: str) -> list[str]:
 
 def print_tables(comparison, fmt: str, *, silog: bool = False, console=None) -> None:
     """Accuracy and compute tables in `fmt` (json: one object with both and the bootstrap)."""
-    from ensemble_mde.progress import output_console
-
     from ensemble_mde.compare import (accuracy_table, compute_table, render, rich_table, significance_table,
                                       table_dict)
+    from ensemble_mde.progress import output_console
 
     console = console or output_console()
     accuracy, compute = accuracy_table(comparison, silog=silog), compute_table(comparison)
@@ -95,9 +94,8 @@ def print_tables(comparison, fmt: str, *, silog: bool = False, console=None) -> 
 
 
 def cmd_compare(args) -> int:
-    from ensemble_mde.progress import output_console
-
     from ensemble_mde.compare import compare_runs, finished_runs
+    from ensemble_mde.progress import output_console
     from ensemble_mde.report import write_report
 
     console = output_console(stderr=args.format != "table")

@@ -79,8 +79,9 @@ def cmd_evaluate(args) -> int:
     if args.json:
         print(json.dumps({k: metrics[k] for k in (*METRIC_KEYS, "n_images")}))
         return 0
-    from ensemble_mde.progress import output_console
     from rich.table import Table
+
+    from ensemble_mde.progress import output_console
 
     table = Table(title=f"{args.run} on {cfg['data']['path']} ({args.split}, {metrics['n_images']} images"
                         f"{', Eigen crop' if eigen else ''}{', flip TTA' if args.flip_tta else ''})")

@@ -26,9 +26,8 @@ def register(sub) -> None:
 
 
 def cmd_train_meta(args) -> int:
-    from ensemble_mde.progress import output_console
-
     from ensemble_mde.pipeline import cli_overrides
+    from ensemble_mde.progress import output_console
     from meta_learner.training import meta_config, train_meta
 
     overrides = cli_overrides(args)

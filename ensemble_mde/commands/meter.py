@@ -159,8 +159,9 @@ def cmd_selectivity(args) -> int:
 
 
 def _print_table(result: dict) -> None:
-    from ensemble_mde.progress import output_console
     from rich.table import Table
+
+    from ensemble_mde.progress import output_console
 
     size = result["input_size"]
     table = Table(title=f"depth selectivity of {result['run']} on {result['data']} ({result['split']}, "

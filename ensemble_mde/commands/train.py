@@ -48,16 +48,15 @@ def _config(args):
 
 
 def cmd_train_base(args) -> int:
-    from ensemble_mde.progress import output_console
-
     from ensemble_mde.pipeline import train_base
+    from ensemble_mde.progress import output_console
 
     cfg = _config(args)
     run_dir, summary = train_base(cfg, resume=args.resume, progress=not args.no_progress)
     last = summary["last_val"]
     output_console().print(f"[bold]{cfg['model']['name']}[/] -> {run_dir}  best {summary['best_metric']} "
-                    f"{summary['best_value']:.4f} (epoch {summary['best_epoch'] + 1}); last val rmse "
-                    f"{last['rmse']:.4f} abs_rel {last['abs_rel']:.4f} d1 {last['d1']:.4f}")
+                           f"{summary['best_value']:.4f} (epoch {summary['best_epoch'] + 1}); last val rmse "
+                           f"{last['rmse']:.4f} abs_rel {last['abs_rel']:.4f} d1 {last['d1']:.4f}")
     return 0
 
 

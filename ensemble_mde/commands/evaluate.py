@@ -45,11 +45,14 @@ def register(sub) -> None:
 
 
 def _eval_config(run_cfg: dict, args) -> dict:
-    """The run's config with the user's data choice: a new --data re-detects the format."""
+    """A copy of the run's config with the user's data choice (a new --data re-detects the
+    format); the run's own config keeps its data.size, the model's input size."""
+    import copy
+
     from ensemble_mde import config as config_mod
     from ensemble_mde.pipeline import finalize_paths
 
-    cfg = run_cfg
+    cfg = copy.deepcopy(run_cfg)
     if args.data:
         cfg = config_mod.merge(cfg, {"data": {"path": args.data, "format": "auto", "train_list": None,
                                               "test_list": None, "train_root": None, "test_root": None}}, strict=True, source="--data")

@@ -7,6 +7,8 @@ init or ImageNet weights from a local file (`pretrained_path`, never downloaded)
 blocks use depthwise-separable convolutions and convolve at the coarse resolution before
 upsampling (the SG work's two changes for size and speed); a context block of two full
 3x3 convolutions at 1/32 holds most of the decoder's parameters where pixels are few.
+Five decoder widths end at stride 1 (the input is the last skip); four end at stride 2 and
+the weight logits are upsampled bilinearly to the input resolution before the softmax.
 
 Inputs (`inputs`): "rgb" (3 channels, ImageNet-normalised inside), "d" (K base depths
 divided by max_depth) or "rgb+d" (3 + K, RGB first). Any input size: replicate-padded to a
@@ -24,6 +26,7 @@ from pathlib import Path
 import segmentation_models_pytorch as smp
 import timm
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from base_learners.blocks import UpFuse
@@ -36,7 +39,7 @@ INPUT_MULTIPLE = 32      # five stride-2 stages
 ENCODER_DEPTH = 5
 DEFAULT_ENCODER = "tu-ghostnet_100"
 DEFAULT_CENTER_CHANNELS = 512
-DEFAULT_DECODER_CHANNELS = (128, 64, 32, 24, 16)   # outputs at strides 16, 8, 4, 2, 1
+DEFAULT_DECODER_CHANNELS = (128, 64, 32, 24)   # outputs at strides 16, 8, 4, 2; logits upsampled to 1/1
 
 
 def input_channels(inputs: str, num_learners: int) -> int:
@@ -67,9 +70,9 @@ class WeightingUNet(nn.Module):
         if int(num_learners) < 2:
             raise ModelError(f"a stacked ensemble needs at least 2 base learners, got {num_learners}",
                              "meta.num_learners")
-        if len(decoder_channels) != ENCODER_DEPTH:
-            raise ModelError(f"decoder_channels needs {ENCODER_DEPTH} widths (strides 16, 8, 4, 2, 1), "
-                             f"got {list(decoder_channels)}", "meta.decoder_channels")
+        if len(decoder_channels) not in (ENCODER_DEPTH - 1, ENCODER_DEPTH):
+            raise ModelError(f"decoder_channels needs {ENCODER_DEPTH} widths (strides 16, 8, 4, 2, 1) or "
+                             f"{ENCODER_DEPTH - 1} (16, 8, 4, 2), got {list(decoder_channels)}", "meta.decoder_channels")
         if not encoder_name.startswith("tu-"):
             raise ModelError(f"encoder_name must name a timm backbone as 'tu-<timm name>', got {encoder_name!r}",
                              "meta.encoder_name")
@@ -88,7 +91,7 @@ class WeightingUNet(nn.Module):
                                     conv_bn_relu(center_channels, center_channels))
         widths = [center_channels, *decoder_channels]
         self.decoder = nn.ModuleList(
-            UpFuse(widths[i], widths[i + 1], extra_ch=skips[-2 - i]) for i in range(ENCODER_DEPTH))
+            UpFuse(widths[i], widths[i + 1], extra_ch=skips[-2 - i]) for i in range(len(decoder_channels)))
         self.head = nn.Conv2d(widths[-1], self.num_learners, 3, padding=1)
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
@@ -120,12 +123,16 @@ class WeightingUNet(nn.Module):
         y = self.center(features[-1])
         for block, skip in zip(self.decoder, reversed(features[:-1])):
             y = block(y, skip)
-        return self.head(y)[..., :h, :w]
+        logits = self.head(y)
+        if logits.shape[-2:] != x.shape[-2:]:     # four decoder blocks: logits at stride 2
+            logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return logits[..., :h, :w]
 
     def input_memory_format(self) -> torch.memory_format:
-        """The layout of the first convolution's weights (channels_last on the fast path): the
-        input skip joins the full-resolution decoder block, where a layout mismatch costs
-        a transposing copy of the widest tensor (6.6 ms of 39 at 416x544 on CPU)."""
+        """The layout of the first convolution's weights (channels_last on the fast path): with
+        five decoder widths the input skip joins the full-resolution decoder block, where a
+        layout mismatch costs a transposing copy of the widest tensor (6.6 ms of 39 at 416x544
+        on CPU)."""
         first = next(p for p in self.encoder.parameters() if p.ndim == 4)
         return torch.channels_last if first.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
 
@@ -133,7 +140,7 @@ class WeightingUNet(nn.Module):
         return torch.softmax(self.logits(rgb, base_depths), dim=1)
 
     def selectable_layers(self) -> "OrderedDict[str, nn.Module]":
-        """Encoder stages enc_0..enc_4 (strides 2..32), center (1/32), dec_0..dec_4 (strides 16..1)."""
+        """Encoder stages enc_0..enc_4 (strides 2..32), center (1/32), dec_0.. (strides 16, 8, 4, 2[, 1])."""
         layers: OrderedDict[str, nn.Module] = OrderedDict()
         timm_model = self.encoder.model
         for i, name in enumerate(timm_model.feature_info.module_name()):

@@ -16,6 +16,7 @@ from conftest import TinyLearner
 
 H, W = 32, 48
 SMALL_UNET = dict(center_channels=16, decoder_channels=(16, 8, 8, 8, 8))
+SMALL_UNET_STRIDE2 = dict(center_channels=16, decoder_channels=(16, 8, 8, 8))   # logits at 1/2, upsampled
 
 
 def make_batch(seed: int = 0, b: int = 2) -> dict:
@@ -50,10 +51,11 @@ def train_steps(model: StackedEnsemble, steps: int = 3, lr: float = 1e-2, base_l
 
 # ---------------------------------------------------------------- WeightingUNet
 
+@pytest.mark.parametrize("widths", [SMALL_UNET, SMALL_UNET_STRIDE2])
 @pytest.mark.parametrize("inputs, channels", [("rgb", 3), ("d", 3), ("rgb+d", 6)])
-def test_unet_input_channels_and_output_shape(inputs, channels):
+def test_unet_input_channels_and_output_shape(inputs, channels, widths):
     k = 3
-    unet = WeightingUNet(k, inputs, **SMALL_UNET)
+    unet = WeightingUNet(k, inputs, **widths)
     assert unet.in_channels == channels
     assert unet.encoder.model.conv_stem.weight.shape[1] == channels
     rgb = torch.rand(2, 3, 37, 50)         # not a multiple of 32: padded inside, cropped back
@@ -62,9 +64,10 @@ def test_unet_input_channels_and_output_shape(inputs, channels):
     assert weights.shape == (2, k, 37, 50)
 
 
-def test_unet_weights_are_a_softmax_over_learners():
+@pytest.mark.parametrize("widths", [SMALL_UNET, SMALL_UNET_STRIDE2])
+def test_unet_weights_are_a_softmax_over_learners(widths):
     k = 3
-    unet = WeightingUNet(k, "rgb+d", **SMALL_UNET).eval()
+    unet = WeightingUNet(k, "rgb+d", **widths).eval()
     torch.manual_seed(0)
     nn.init.normal_(unet.head.weight, std=0.5)     # a trained-looking head: weights vary per pixel
     rgb, depths = torch.rand(2, 3, H, W), 10 * torch.rand(2, k, H, W)

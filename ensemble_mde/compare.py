@@ -429,7 +429,9 @@ def render(table: Table, fmt: str) -> str:
     if fmt == "table":
         from rich.console import Console
 
-        console = Console(file=io.StringIO(), width=200, color_system=None)
+        from ensemble_mde.progress import PIPED_WIDTH
+
+        console = Console(file=io.StringIO(), width=PIPED_WIDTH, color_system=None)
         console.print(rich_table(table))
         return console.file.getvalue()
     writers = {"md": _markdown, "csv": _csv, "latex": _latex, "json": _json}

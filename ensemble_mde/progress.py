@@ -9,7 +9,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColu
                            TimeElapsedColumn, TimeRemainingColumn)
 from rich.text import Text
 
-PIPED_WIDTH = 200   # columns when the output is not a terminal
+PIPED_WIDTH = 200   # columns of text written where no terminal gives a width (pipes, files, CI logs)
 
 
 def output_console(stderr: bool = False) -> Console:
@@ -18,7 +18,7 @@ def output_console(stderr: bool = False) -> Console:
     unless $COLUMNS says otherwise."""
     console = Console(stderr=stderr)
     if not console.is_terminal and "COLUMNS" not in os.environ:
-        console = Console(stderr=stderr, width=PIPED_WIDTH)
+        console.width = PIPED_WIDTH
     return console
 
 

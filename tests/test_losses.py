@@ -53,6 +53,32 @@ def test_silog_scale_invariance_part_and_guards():
     assert empty.item() == 0.0
 
 
+def test_silog_ignores_invalid_pixels_whatever_they_hold():
+    # Invalid GT (0, NaN) and whatever the prediction holds there (NaN included) change
+    # neither the loss nor any gradient; those pixels get a zero gradient.
+    gt = torch.rand(2, 1, 6, 7) * 8 + 1
+    pred = (gt * (0.8 + 0.4 * torch.rand_like(gt))).requires_grad_()
+    mask = torch.ones_like(gt, dtype=torch.bool)
+    mask[0, 0, :2] = False
+    mask[1, 0, :, 3] = False
+    reference = silog_loss(pred[mask].view(1, 1, 1, -1), gt[mask].view(1, 1, 1, -1),
+                           torch.ones(1, 1, 1, int(mask.sum()), dtype=torch.bool))
+    (ref_grad,) = torch.autograd.grad(reference, pred)
+
+    dirty_gt = gt.clone()
+    dirty_gt[0, 0, 0] = 0.0
+    dirty_gt[1, 0, :, 3] = float("nan")
+    dirty_pred = pred.detach().clone()
+    dirty_pred[0, 0, 1] = float("nan")
+    dirty_pred = dirty_pred.requires_grad_()
+    loss = silog_loss(dirty_pred, dirty_gt, mask)
+    loss.backward()
+    assert abs(loss.item() - reference.item()) < 1e-5
+    assert torch.isfinite(dirty_pred.grad).all()
+    assert (dirty_pred.grad[~mask] == 0).all()
+    assert torch.allclose(dirty_pred.grad[mask], ref_grad[mask], atol=1e-7)
+
+
 # ---------------------------------------------------------------- bin chamfer
 
 def _chamfer_brute_force(centers, gt, mask):

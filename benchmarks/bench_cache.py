@@ -24,7 +24,7 @@ from ensemble_mde.cli import parse_size
 from ensemble_mde.config import load_config
 from ensemble_mde.data import build_dataset
 from ensemble_mde.data.synth import synthesize
-from ensemble_mde.engine import move_batch
+from ensemble_mde.engine import adamw, move_batch
 from ensemble_mde.io import atomic_save, file_sha256
 from ensemble_mde.speed import keep_freed_memory
 from meta_learner.cache import CachedMetaDataset, PredictionCache, data_identity
@@ -36,7 +36,7 @@ def epoch_seconds(ensemble: StackedEnsemble, dataset, batch_size: int, use_cache
     """One meta epoch (forward, loss, backward, AdamW step over every batch), in seconds,
     after one untimed step on the first batch: first-call work (oneDNN kernel creation for
     the backward, optimiser state) would otherwise land on whichever side runs first."""
-    opt = torch.optim.AdamW(ensemble.param_groups(1e-3), lr=1e-3)
+    opt = adamw(ensemble.param_groups(1e-3), lr=1e-3)   # as the training engine builds it
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, drop_last=True)
     ensemble.train()
 

@@ -71,6 +71,20 @@ def one_cycle_lr(step: int, total_steps: int, lr: float, warmup_fraction: float 
     return end + (lr - end) * 0.5 * (1.0 + math.cos(math.pi * t))
 
 
+FUSED_ADAMW_DEVICES = ("cpu", "cuda")
+
+
+def adamw(params, lr: float, weight_decay: float = 0.0) -> torch.optim.AdamW:
+    """AdamW over `params` (tensors or param-group dicts), with PyTorch's fused kernel where
+    the parameters live on CPU or CUDA: one pass over all tensors instead of a Python loop
+    per tensor (the meta-learner's 4.2M parameters on CPU: 3.5 ms a step against 20;
+    benchmarks/NOTES.md). The same update, to float rounding."""
+    groups = list(params)
+    tensors = [p for g in groups for p in (g["params"] if isinstance(g, dict) else [g])]
+    fused = bool(tensors) and all(p.device.type in FUSED_ADAMW_DEVICES and p.is_floating_point() for p in tensors)
+    return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, fused=fused or None)
+
+
 class EpochSampler(torch.utils.data.Sampler):
     """A permutation of the dataset drawn from (seed, epoch), so the order is the same in
     a resumed run; `start` skips the samples an interrupted epoch already consumed.
@@ -279,7 +293,7 @@ def train(model: torch.nn.Module, cfg: dict, train_set, val_set, run_dir: Path, 
 
     # Optimiser and one-cycle schedule (per step).
     groups = param_groups if param_groups is not None else [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(groups, lr=float(tc["lr"]), weight_decay=float(tc["weight_decay"]))
+    optimizer = adamw(groups, lr=float(tc["lr"]), weight_decay=float(tc["weight_decay"]))
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: one_cycle_lr(
         s, total_steps, 1.0, tc["warmup_fraction"], tc["div_factor"], tc["final_div_factor"]))
     state = TrainState()

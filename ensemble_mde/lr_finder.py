@@ -105,7 +105,7 @@ def find_lr_for_config(cfg: dict, *, plot_path: Path, progress: bool = True) -> 
     from ensemble_mde import runs
     from ensemble_mde.data import build_dataset
     from ensemble_mde.device import resolve_device
-    from ensemble_mde.engine import move_batch, seed_everything
+    from ensemble_mde.engine import adamw, move_batch, seed_everything
     from ensemble_mde.progress import task_progress
 
     lf = cfg["lr_find"]
@@ -113,7 +113,7 @@ def find_lr_for_config(cfg: dict, *, plot_path: Path, progress: bool = True) -> 
     seed_everything(int(cfg["run"]["seed"]))
     model = runs.build_learner(cfg).to(device)
     train_set = build_dataset(cfg, "train")
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lf["start_lr"], weight_decay=cfg["train"]["weight_decay"])
+    optimizer = adamw(model.parameters(), lr=lf["start_lr"], weight_decay=cfg["train"]["weight_decay"])
 
     def batches():
         epoch = 0

@@ -19,6 +19,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from ensemble_mde.engine import adamw
+
 
 def count_params(model: nn.Module) -> int:
     """Number of parameters (trainable or not; buffers excluded)."""
@@ -152,7 +154,7 @@ def training_images_per_s(model: nn.Module, size: Sequence[int], batch: int, dev
     batch_dict = {"rgb": torch.rand(batch, 3, h, w, generator=gen).to(device),
                   "depth": (1 + 4 * torch.rand(batch, 1, h, w, generator=gen)).to(device)}
     extra = {"base_depths": (1 + 4 * torch.rand(batch, base_depths, h, w, generator=gen)).to(device)} if base_depths else {}
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
+    optimizer = adamw([p for p in model.parameters() if p.requires_grad], lr=1e-6)
     times = []
     for index in range(max(1, int(steps)) + 1):
         _synchronize(device)

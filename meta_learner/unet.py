@@ -125,7 +125,9 @@ class WeightingUNet(nn.Module):
             y = block(y, skip)
         logits = self.head(y)
         if logits.shape[-2:] != x.shape[-2:]:     # four decoder blocks: logits at stride 2
-            logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+            # K channels: the contiguous layout upsamples (and softmaxes) K maps 1.7x faster on
+            # CPU than channels_last, which interleaves only K values per pixel
+            logits = F.interpolate(logits.contiguous(), size=x.shape[-2:], mode="bilinear", align_corners=False)
         return logits[..., :h, :w]
 
     def input_memory_format(self) -> torch.memory_format:

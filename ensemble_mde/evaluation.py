@@ -22,9 +22,17 @@ def resize_rgb(rgb: torch.Tensor, size: tuple[int, int] | None) -> torch.Tensor:
     return F.interpolate(rgb, size=tuple(size), mode="bilinear", align_corners=False).clamp_(0, 1)
 
 
-def predict_depth(model: torch.nn.Module, rgb: torch.Tensor, *, input_size=None, flip: bool = False) -> torch.Tensor:
-    """Depth [B,1,h,w] in metres at the model's input size (rgb [B,3,H,W] in [0,1])."""
+def predict_depth(model: torch.nn.Module, rgb: torch.Tensor, *, input_size=None, flip: bool = False,
+                  base_depths: torch.Tensor | None = None) -> torch.Tensor:
+    """Depth [B,1,h,w] in metres at the model's input size (rgb [B,3,H,W] in [0,1]).
+    base_depths [B,K,h,w]: a stacked ensemble's cached base predictions for this very input
+    (so neither a resize nor flip TTA, which would need the bases to see another image)."""
     rgb = resize_rgb(rgb, input_size)
+    if base_depths is not None:
+        if flip or tuple(base_depths.shape[-2:]) != tuple(rgb.shape[-2:]):
+            raise ValueError(f"cached base depths {tuple(base_depths.shape)} fit only the unflipped "
+                             f"{tuple(rgb.shape[-2:])} input they were computed on")
+        return model(rgb, base_depths=base_depths)["depth"]
 
     def run(x):
         return model(x)["depth"]
@@ -33,12 +41,16 @@ def predict_depth(model: torch.nn.Module, rgb: torch.Tensor, *, input_size=None,
 
 
 def _collate_eval(samples: list[dict]) -> dict:
-    """Batch RGB (same size after resizing) but keep GT maps as a list: GT sizes may differ."""
-    return {
+    """Batch RGB (same size after resizing) but keep GT maps as a list: GT sizes may differ.
+    Cached base depths (freeze-mode validation) come along as a list too."""
+    batch = {
         "rgb": [s["rgb"] for s in samples],
         "depth": [s["depth"] for s in samples],
         "name": [s["name"] for s in samples],
     }
+    if "base_depths" in samples[0]:
+        batch["base_depths"] = [s["base_depths"] for s in samples]
+    return batch
 
 
 @torch.inference_mode()
@@ -56,7 +68,8 @@ def evaluate_model(
     workers: int = 0,
     progress=None,
 ) -> MetricAccumulator:
-    """Score `model` on every sample of `dataset`; returns the per-image accumulator.
+    """Score `model` on every sample of `dataset`; returns the per-image accumulator. Samples
+    with `base_depths` (a freeze-mode prediction cache) feed them to the stacked ensemble.
 
     progress: optional callable(n_done) for a progress display.
     """
@@ -68,7 +81,8 @@ def evaluate_model(
     )
     for batch in loader:
         rgb = torch.cat([resize_rgb(x[None], input_size) for x in batch["rgb"]]).to(device)
-        pred = predict_depth(model, rgb, flip=flip).float().cpu()
+        cached = torch.stack(batch["base_depths"]).to(device) if "base_depths" in batch else None
+        pred = predict_depth(model, rgb, flip=flip, base_depths=cached).float().cpu()
         for p, gt, name in zip(pred, batch["depth"], batch["name"]):
             acc.update(p, gt, name=name)
         if progress is not None:

@@ -153,9 +153,11 @@ class PredictionCache:
 
     @torch.inference_mode()
     def fill(self, dataset, bases: list[torch.nn.Module], device: torch.device | str = "cpu", batch_size: int = 8,
-             progress: bool = True, workers: int = 0) -> "PredictionCache":
+             progress: bool = True, workers: int = 0,
+             label: str = "caching base predictions") -> "PredictionCache":
         """Run the bases (put in eval mode, on `device`) once over the un-augmented `dataset`
-        and write their depths; does nothing when the cache is already complete."""
+        and write their depths; does nothing when the cache is already complete. `label`
+        names the progress bar."""
         if self.complete:
             return self
         require_unaugmented(dataset)
@@ -168,7 +170,7 @@ class PredictionCache:
         tmp = self.path.parent / f".{self.path.name}.{os.getpid()}.partial"
         try:
             with h5py.File(tmp, "w") as f, task_progress(progress) as bar:
-                task = bar.add_task("caching base predictions", total=len(dataset))
+                task = bar.add_task(label, total=len(dataset))
                 f.attrs["format"] = CACHE_FORMAT
                 f.attrs["key"] = self.key
                 f.attrs["complete"] = False

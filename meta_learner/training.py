@@ -141,8 +141,9 @@ def train_meta(cfg: dict, *, resume: bool = False, progress: bool = True, say=pr
     ensemble = build_ensemble(cfg)
     load_base_weights(ensemble, resolved)
 
-    if mode == "freeze":
-        train_set = cached_training_set(cfg, ensemble, device, progress)
+    if mode == "freeze":  # neither training nor validation runs the frozen bases again
+        train_set = cached_split(cfg, ensemble, "train", device, progress)
+        val_set = cached_split(cfg, ensemble, "val", device, progress)
     factor = 1.0 if mode == "simultaneous" else float(cfg["ensemble"]["base_lr_factor"])
     groups = ensemble.param_groups(float(cfg["train"]["lr"]), factor)
     summary = train(ensemble, cfg, train_set, val_set, run_dir, device=device, eigen_crop=eigen_crop,
@@ -150,21 +151,21 @@ def train_meta(cfg: dict, *, resume: bool = False, progress: bool = True, say=pr
     return run_dir, summary
 
 
-def cached_training_set(cfg: dict, ensemble: StackedEnsemble, device, progress: bool) -> CachedMetaDataset:
-    """Freeze mode: the bases' predictions on the un-augmented training frames, computed
+def cached_split(cfg: dict, ensemble: StackedEnsemble, split: str, device, progress: bool) -> CachedMetaDataset:
+    """Freeze mode: the bases' predictions on the un-augmented frames of `split`, computed
     once into the HDF5 cache (reused across meta runs, rebuilt when a base changes; by
-    rank 0 alone under torchrun), with the geometric augmentation applied to RGB, GT and
-    the cached maps together."""
+    rank 0 alone under torchrun). For "train" the geometric augmentation is applied to RGB,
+    GT and the cached maps together; "val" is read as it is."""
     from ensemble_mde.data import build_dataset
 
-    plain = build_dataset(cfg, "train", augment=False)
+    plain = build_dataset(cfg, split, augment=False)
     frame = tuple(plain[0]["rgb"].shape[-2:])
-    data_id = data_identity(plain.root, plain.format, "train", [r.name for r in plain.records], frame)
+    data_id = data_identity(plain.root, plain.format, split, [r.name for r in plain.records], frame)
     cache_dir = Path(cfg["ensemble"]["cache_dir"] or Path(cfg["run"]["runs_dir"]) / ".cache")
     hashes = [r["sha256"] for r in cfg["ensemble"]["resolved"]]
     with distributed.main_process_first():  # rank 0 fills; the others then open the finished file
         cache = PredictionCache.open(cache_dir, hashes, data_id)
         cache.fill(plain, list(ensemble.bases), device=device, batch_size=int(cfg["train"]["val_batch_size"]),
-                   progress=progress and distributed.is_main())
-    return CachedMetaDataset(plain, cache, cfg["augment"] if cfg["augment"]["enabled"] else None,
-                             seed=int(cfg["run"]["seed"]))
+                   progress=progress and distributed.is_main(), label=f"caching base predictions ({split})")
+    augment = cfg["augment"] if split == "train" and cfg["augment"]["enabled"] else None
+    return CachedMetaDataset(plain, cache, augment, seed=int(cfg["run"]["seed"]))

@@ -33,7 +33,7 @@ def test_freeze_meta_run_is_self_describing(bases, synth_root, tmp_path):
     # frozen: the ensemble's base weights are the base checkpoints' weights, bit for bit
     base_state = torch.load(bases / "bts" / "best.pt", weights_only=True)["model"]
     assert all(torch.equal(ckpt["model"][f"bases.0.{k}"], v) for k, v in base_state.items())
-    assert len(list((tmp_path / "cache").glob("preds-*.h5"))) == 1
+    assert len(list((tmp_path / "cache").glob("preds-*.h5"))) == 2       # train and val splits
 
     result = run_cli("evaluate", out, "--json", check=True)
     metrics = json.loads(result.stdout)
@@ -43,10 +43,10 @@ def test_freeze_meta_run_is_self_describing(bases, synth_root, tmp_path):
     pred = run_cli("predict", out, image, "--out", tmp_path / "pred", check=True)
     assert (tmp_path / "pred" / f"{image.stem}_weights.png").is_file(), pred.stdout
 
-    # a second meta run on the same bases and data reuses the cache file
+    # a second meta run on the same bases and data reuses the cache files
     run_cli("train-meta", "--inputs", "d", "--freeze", "--bases", base_runs, "--out", tmp_path / "meta_d",
             "--set", f"ensemble.cache_dir={tmp_path / 'cache'}", *TINY, check=True)
-    assert len(list((tmp_path / "cache").glob("preds-*.h5"))) == 1
+    assert len(list((tmp_path / "cache").glob("preds-*.h5"))) == 2
 
     # a base checkpoint that changed afterwards makes the meta run refuse to load
     changed = torch.load(bases / "bts" / "best.pt", weights_only=True)
@@ -64,3 +64,40 @@ def test_simultaneous_accepts_learner_names(synth_root, tmp_path):
     terms = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     train_terms = [t for t in terms if t["type"] == "train"][-1]
     assert {"silog", "base_bts", "base_meter_xxs", "total"} <= set(train_terms)
+
+
+def test_freeze_mode_never_runs_the_bases_after_filling_the_cache(bases, synth_root, tmp_path, monkeypatch):
+    """DESIGN §7: meta epochs do not re-run frozen bases, validation included. The val split
+    gets its own cache, and scoring from it matches running the bases (float16 tolerance)."""
+    from ensemble_mde.data import build_dataset
+    from ensemble_mde.evaluation import evaluate_model
+    from meta_learner import training
+
+    cfg = training.meta_config(inputs="rgb+d", mode="freeze", bases=[bases / "bts", bases / "meter_xxs"], overrides=[
+        f"run.runs_dir={tmp_path}", f"ensemble.cache_dir={tmp_path / 'cache'}", "run.device=cpu", "data.workers=0",
+        "train.epochs=2", "train.batch_size=4", "train.max_steps_per_epoch=2"])
+    calls, seen = [], {}
+    real_train = training.train
+
+    def counting_train(model, cfg, train_set, val_set, *args, **kwargs):
+        for base in model.bases:
+            base.register_forward_hook(lambda *_: calls.append(1))
+        seen.update(model=model, cfg=cfg, val_set=val_set)
+        return real_train(model, cfg, train_set, val_set, *args, **kwargs)
+
+    monkeypatch.setattr(training, "train", counting_train)
+    run_dir, summary = training.train_meta(cfg, progress=False)
+    assert calls == [], "a frozen base ran during meta training or validation"
+    assert len(list((tmp_path / "cache").glob("preds-*.h5"))) == 2      # train and val
+    assert (run_dir / "best.pt").is_file()
+
+    model, cached_val = seen["model"], seen["val_set"]
+    plain_val = build_dataset(seen["cfg"], "val")
+    assert len(cached_val) == len(plain_val) and "base_depths" in cached_val[0]
+    kwargs = dict(device=torch.device("cpu"), min_depth=cfg["data"]["min_depth"], max_depth=cfg["data"]["max_depth"])
+    from_cache = evaluate_model(model, cached_val, **kwargs).compute()
+    recomputed = evaluate_model(model, plain_val, **kwargs).compute()
+    assert len(calls) > 0                                                  # this time the bases ran
+    assert abs(from_cache["rmse"] - recomputed["rmse"]) <= 1e-3 * recomputed["rmse"]
+    with pytest.raises(ValueError, match="unflipped"):      # flip TTA would need the bases on the flipped image
+        evaluate_model(model, cached_val, flip=True, **kwargs)

@@ -76,29 +76,39 @@ def draw_params(rng: np.random.Generator, cfg_augment: dict, height: int, width:
     return AugmentParams(angle=angle, crop=(top, left, ch, cw), flip=flip, color=color)
 
 
-def rotate(maps: torch.Tensor, angle_deg: float, mode: str,
-           window: tuple[int, int, int, int] | None = None) -> torch.Tensor:
-    """[C,H,W] rotated counter-clockwise by `angle_deg` about the frame centre; `mode`
-    "bilinear" or "nearest"; pixels from outside the frame are 0. Only the output pixels
-    in `window` (top, left, height, width; default the whole frame) are computed."""
-    c, h, w = maps.shape
-    top, left, out_h, out_w = window or (0, 0, h, w)
+def rotation_grid(angle_deg: float, height: int, width: int,
+                  window: tuple[int, int, int, int] | None = None) -> torch.Tensor:
+    """grid_sample's grid [1,h,w,2] that rotates a height x width frame counter-clockwise by
+    `angle_deg` about its centre, for the output pixels in `window` (top, left, height,
+    width; default the whole frame)."""
+    top, left, out_h, out_w = window or (0, 0, height, width)
     a = math.radians(angle_deg)
-    ys = torch.arange(top, top + out_h, dtype=torch.float32) + 0.5 - h / 2
-    xs = torch.arange(left, left + out_w, dtype=torch.float32) + 0.5 - w / 2
+    ys = torch.arange(top, top + out_h, dtype=torch.float32) + 0.5 - height / 2
+    xs = torch.arange(left, left + out_w, dtype=torch.float32) + 0.5 - width / 2
     y, x = torch.meshgrid(ys, xs, indexing="ij")
     # Output pixel (x, y) samples the source at the point rotated back by -angle (y points down).
     src_x = math.cos(a) * x - math.sin(a) * y
     src_y = math.sin(a) * x + math.cos(a) * y
-    grid = torch.stack((src_x / (w / 2), src_y / (h / 2)), dim=-1)[None]
+    return torch.stack((src_x / (width / 2), src_y / (height / 2)), dim=-1)[None]
+
+
+def rotate(maps: torch.Tensor, angle_deg: float, mode: str,
+           window: tuple[int, int, int, int] | None = None, grid: torch.Tensor | None = None) -> torch.Tensor:
+    """[C,H,W] rotated counter-clockwise by `angle_deg` about the frame centre; `mode`
+    "bilinear" or "nearest"; pixels from outside the frame are 0. Only the output pixels
+    in `window` are computed. `grid`: rotation_grid(angle_deg, H, W, window), when the
+    caller rotates several maps of one frame."""
+    if grid is None:
+        grid = rotation_grid(angle_deg, *maps.shape[-2:], window)
     out = F.grid_sample(maps[None].float(), grid, mode=mode, padding_mode="zeros", align_corners=False)
     return out[0].to(maps.dtype)
 
 
-def warp(maps: torch.Tensor, params: AugmentParams, mode: str) -> torch.Tensor:
-    """The geometric part of `params` (rotate, crop, flip) applied to [C,H,W] maps."""
+def warp(maps: torch.Tensor, params: AugmentParams, mode: str, grid: torch.Tensor | None = None) -> torch.Tensor:
+    """The geometric part of `params` (rotate, crop, flip) applied to [C,H,W] maps; `grid`
+    as for `rotate`."""
     if params.angle:
-        maps = rotate(maps, params.angle, mode, window=params.crop)
+        maps = rotate(maps, params.angle, mode, window=params.crop, grid=grid)
     else:
         top, left, h, w = params.crop
         maps = maps[:, top:top + h, left:left + w]
@@ -122,13 +132,21 @@ def augment_sample(sample: dict, rng: np.random.Generator, cfg_augment: dict,
     Other keys (name, scene, focal, index) are copied unchanged."""
     h, w = sample["rgb"].shape[-2:]
     params = draw_params(rng, cfg_augment, h, w)
-    out = dict(sample)
-    out["rgb"] = warp(sample["rgb"], params, "bilinear").clamp(0.0, 1.0)
-    out["depth"] = warp(sample["depth"], params, "nearest")
-    if params.color is not None:
-        out["rgb"] = jitter_color(out["rgb"], params.color)
-    for key, maps in (extra_maps or {}).items():
+    extra_maps = extra_maps or {}
+    for key, maps in extra_maps.items():
         if tuple(maps.shape[-2:]) != (h, w):
             raise ValueError(f"extra map {key!r} is {tuple(maps.shape[-2:])}, the frame is {(h, w)}")
-        out[key] = warp(maps, params, extra_mode)
+    # One rotation grid for the frame, and one grid_sample for RGB with the bilinear extra
+    # maps: per channel the same arithmetic as warping each alone.
+    grid = rotation_grid(params.angle, h, w, params.crop) if params.angle else None
+    together = [sample["rgb"], *(extra_maps.values() if extra_mode == "bilinear" else ())]
+    warped = warp(torch.cat(together) if len(together) > 1 else together[0], params, "bilinear", grid)
+    pieces = iter(torch.split(warped, [m.shape[0] for m in together]))
+    out = dict(sample)
+    out["rgb"] = next(pieces).clamp(0.0, 1.0)
+    out["depth"] = warp(sample["depth"], params, "nearest", grid)
+    if params.color is not None:
+        out["rgb"] = jitter_color(out["rgb"], params.color)
+    for key, maps in extra_maps.items():
+        out[key] = next(pieces) if extra_mode == "bilinear" else warp(maps, params, extra_mode, grid)
     return out

@@ -85,14 +85,21 @@ def model_row(name: str, plain: tuple[torch.nn.Module, int], fast: torch.nn.Modu
 
 def paired_latency_ratio(model: torch.nn.Module, reference: torch.nn.Module, size: tuple[int, int],
                          device: torch.device, repeats: int) -> float:
-    """Median batch-1 latency of `model` over that of `reference`, timed in alternation so
-    that drift on a shared machine hits both alike."""
+    """Batch-1 latency of `model` over that of `reference`: the median over `repeats` pairs
+    of back-to-back passes (which of the two goes first alternates), so that drift on a
+    shared machine hits both sides of each ratio alike."""
     def one_pass(m: torch.nn.Module, warmup: int = 0) -> float:
         return measure_latency(m, size, 1, device, warmup=warmup, repeats=1)["latency_ms"]
 
     one_pass(model, warmup=1), one_pass(reference, warmup=1)
-    pairs = [(one_pass(model), one_pass(reference)) for _ in range(repeats)]
-    return statistics.median(a for a, _ in pairs) / statistics.median(b for _, b in pairs)
+    ratios = []
+    for i in range(repeats):
+        if i % 2:
+            ref_ms = one_pass(reference)
+            ratios.append(one_pass(model) / ref_ms)
+        else:
+            ratios.append(one_pass(model) / one_pass(reference))
+    return statistics.median(ratios)
 
 
 def peak_in_fresh_process(name: str, size: tuple[int, int], device: torch.device, args) -> float:

@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> dict:
         ratios[f"ensemble_of_fp32_peak_{tag}"] = round(by["ensemble"]["gflops"] / peak, 3)
     result = {"machine": machine, "models": rows, "ratios": ratios}
     if not args.skip_extras:
-        result["cache"] = cache_in_fresh_process(["--size", "416x544", "--frames", "16", "--batch-size", "4"])
+        result["cache"] = cache_in_fresh_process(["--size", "416x544", "--frames", "32", "--batch-size", "4"])
         ratios["cache_speedup"] = result["cache"]["speedup"]
         result["loader"] = loader_vs_step(device)
         ratios["loader_over_train_step"] = result["loader"]["ratio"]

@@ -9,7 +9,7 @@ cache over without (benchmarks/bench_cache.py), loader images/s over training-st
 at the demo's size with the default workers, and the synthetic renderer's frames/s
 (benchmarks/bench_synth.py). Weights are freshly initialised: speed does not depend on them.
 
-    python benchmarks/bench.py                      # the full suite, ~15 min on 2 CPU cores
+    python benchmarks/bench.py                      # the full suite, 4-5 min on 2 CPU cores
     python benchmarks/bench.py --sizes 192x256 --skip-train --out /tmp/quick.json
 """
 

@@ -94,11 +94,9 @@ def paired_latency_ratio(model: torch.nn.Module, reference: torch.nn.Module, siz
     one_pass(model, warmup=1), one_pass(reference, warmup=1)
     ratios = []
     for i in range(repeats):
-        if i % 2:
-            ref_ms = one_pass(reference)
-            ratios.append(one_pass(model) / ref_ms)
-        else:
-            ratios.append(one_pass(model) / one_pass(reference))
+        order = (model, reference) if i % 2 == 0 else (reference, model)
+        ms = {id(m): one_pass(m) for m in order}
+        ratios.append(ms[id(model)] / ms[id(reference)])
     return statistics.median(ratios)
 
 
@@ -116,9 +114,9 @@ def cache_in_fresh_process(bench_args: list[str]) -> dict:
     this one, the heap the model measurements grew (never trimmed, see speed.py) and the
     modules they loaded would sit under both of its epochs."""
     cmd = [sys.executable, str(Path(bench_cache.__file__)), *bench_args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
-    print(proc.stdout.strip().splitlines()[-1], flush=True)
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    line = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+    print(line, flush=True)
+    return json.loads(line)
 
 
 def print_peak_of(name: str, learners: list[str], size: tuple[int, int], device: torch.device, plain: bool) -> None:

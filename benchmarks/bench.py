@@ -38,7 +38,7 @@ from ensemble_mde.data.synth import synthesize
 from ensemble_mde.device import resolve_device
 from ensemble_mde.profiling import (count_gmacs, count_params, matmul_gflops, measure_latency, peak_memory_mb,
                                     training_images_per_s)
-from ensemble_mde.speed import keep_freed_memory, prepare_for_inference
+from ensemble_mde.speed import compile_for_inference, keep_freed_memory, prepare_for_inference
 from meta_learner.baselines import BaselineOverBases, MeanEnsemble
 from meta_learner.ensemble import StackedEnsemble
 from meta_learner.unet import WeightingUNet, WeightingUNetOnRgb
@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         fast = build_models(learners)
         prepare_for_inference(fast["ensemble"][0].to(device))  # folds the bases and meta every row shares
-        timed = {name: torch.compile(model) if args.compile else model for name, (model, _) in fast.items()}
+        timed = {name: compile_for_inference(model) if args.compile else model for name, (model, _) in fast.items()}
     rows = []
     for size in sizes:
         for name in models:

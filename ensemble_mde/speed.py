@@ -11,7 +11,10 @@
   only) and channels_last weights (oneDNN's preferred layout on CPU, Tensor Cores' on CUDA;
   a contiguous input is converted by the first convolution at no measurable cost). Outputs
   equal the plain path's to float32 rounding (tests/test_speed.py).
-- torch.compile stays opt-in (`--compile`): minutes of compilation on a 2-core CPU.
+- torch.compile stays opt-in (`--compile`): minutes of compilation on a 2-core CPU. It
+  compiles with inductor's freezing (weights become constants, folded and pre-packed for
+  oneDNN): the meta-learner at 416x544 on CPU 24-27 -> 22-23 ms, against no steady gain
+  without freezing (benchmarks/NOTES.md).
 """
 
 from __future__ import annotations
@@ -89,5 +92,11 @@ def prepare_for_inference(model: nn.Module, compile: bool = False) -> nn.Module:
     model.eval()
     fold_batchnorm(model)
     model.to(memory_format=torch.channels_last)
-    return torch.compile(model) if compile else model
+    return compile_for_inference(model) if compile else model
+
+
+def compile_for_inference(model: nn.Module) -> nn.Module:
+    """torch.compile with inductor's freezing: parameters are taken as constants, so the
+    result must only run under no_grad / inference_mode and never be trained."""
+    return torch.compile(model, options={"freezing": True})
 

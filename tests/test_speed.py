@@ -82,3 +82,18 @@ def test_fast_path_gives_the_plain_ensemble_and_average():
 def test_keep_freed_memory_is_idempotent():
     first = keep_freed_memory()
     assert keep_freed_memory() == first
+
+
+def test_compiled_fast_path_gives_the_plain_weights():
+    """`--compile` (inductor with frozen weights) on top of the fast path: same weights."""
+    torch.manual_seed(0)
+    meta = WeightingUNet(2, inputs="rgb+d")
+    nn.init.normal_(meta.head.weight, std=0.5)
+    plain, fast = plain_and_fast(meta)
+    compiled = prepare_for_inference(fast, compile=True)
+    gen = torch.Generator().manual_seed(1)
+    rgb, depths = torch.rand(1, 3, *SIZE, generator=gen), 10 * torch.rand(1, 2, *SIZE, generator=gen)
+    with torch.inference_mode():
+        expected = plain(rgb, depths)
+        assert float(expected.std()) > 0.05
+        assert close(compiled(rgb, depths), expected)

@@ -56,6 +56,27 @@ def resume_config(run_dir: Path, cfg: dict, kind: str = "base") -> dict:
     return ckpt["config"]
 
 
+def ignored_on_resume(run_dir: Path, overrides: list[str]) -> list[str]:
+    """The `key=value` overrides (--set and the option flags) that a resume of `run_dir`
+    will not apply, each as "key=value (the run has X)": a resumed run continues with the
+    config saved in its last.pt. run.runs_dir and run.name only locate the run. Empty
+    when there is no last.pt (the run starts afresh with every override)."""
+    path = Path(run_dir) / "last.pt"
+    if not path.is_file():
+        return []
+    saved = read_checkpoint(path)["config"]
+    ignored = []
+    for text in overrides:
+        key = text.split("=", 1)[0].strip()
+        if key in ("run.runs_dir", "run.name"):
+            continue
+        requested = config_mod.merge(saved, config_mod.parse_override(text), strict=True, source=f"--set {text}")
+        value, kept = config_mod.get(requested, key), config_mod.get(saved, key)
+        if value != kept:
+            ignored.append(f"{key}={value} (the run has {kept})")
+    return ignored
+
+
 def write_run_config(run_dir: Path, cfg: dict) -> None:
     atomic_write_text(config_mod.dump(cfg), Path(run_dir) / "config.yaml")
 

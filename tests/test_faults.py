@@ -123,9 +123,12 @@ def test_sigterm_mid_epoch_saves_last_and_resume_completes(synth_root, tmp_path)
                            f"{run_dir / 'last.pt'}; run the same command with --resume to continue")
     assert not (run_dir / "summary.json").exists()
 
+    saved_lr = runs.read_checkpoint(run_dir / "last.pt")["config"]["train"]["lr"]
     resumed = run_cli("train-base", "meter_xxs", "--data", synth_root, "--out", run_dir, *ARGS, "--resume",
-                      check=True)
+                      "--lr", "0.5", check=True)                       # a changed flag is named, not applied
     assert resumed.returncode == 0
+    assert (f"note: resuming {run_dir} with the config it started with; not applied: train.lr=0.5 "
+            f"(the run has {saved_lr})") in " ".join(resumed.stdout.split())
     assert json.loads((run_dir / "summary.json").read_text())["steps"] == 6
     steps = [json.loads(line)["step"] for line in log.read_text().splitlines() if json.loads(line)["type"] == "train"]
     assert steps == [1, 2, 3, 4, 5, 6]

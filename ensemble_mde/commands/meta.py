@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ensemble_mde.commands.train import add_training_options
+from ensemble_mde.commands.train import add_training_options, note_ignored_on_resume
 
 
 def register(sub) -> None:
@@ -26,9 +26,10 @@ def register(sub) -> None:
 
 
 def cmd_train_meta(args) -> int:
+    from ensemble_mde import runs
     from ensemble_mde.pipeline import cli_overrides
     from ensemble_mde.progress import output_console
-    from meta_learner.training import meta_config, train_meta
+    from meta_learner.training import meta_config, run_name, train_meta
 
     overrides = cli_overrides(args)
     if args.base_lr_factor is not None:
@@ -37,6 +38,8 @@ def cmd_train_meta(args) -> int:
     cfg = meta_config(inputs=args.inputs, mode=args.mode, bases=bases, config_file=args.config,
                       overrides=overrides, preset=args.preset)
     console = output_console()
+    if args.resume:
+        note_ignored_on_resume(runs.run_dir_for(cfg, run_name(cfg)), overrides, console.print)
     run_dir, summary = train_meta(cfg, resume=args.resume, progress=not args.no_progress, say=console.print)
     last = summary["last_val"]
     console.print(f"[bold]meta {cfg['meta']['inputs']} {cfg['ensemble']['mode']}[/] -> {run_dir}  best "

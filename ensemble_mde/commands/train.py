@@ -47,11 +47,26 @@ def _config(args):
     return base_config(args.name, config_file=args.config, overrides=overrides, preset=args.preset)
 
 
+def note_ignored_on_resume(run_dir, overrides: list[str], say) -> None:
+    """One line naming the overrides a --resume will not apply (the run keeps its saved config)."""
+    from rich.markup import escape
+
+    from ensemble_mde import runs
+
+    ignored = runs.ignored_on_resume(run_dir, overrides)
+    if ignored:
+        say(escape(f"note: resuming {run_dir} with the config it started with; not applied: {', '.join(ignored)}"))
+
+
 def cmd_train_base(args) -> int:
-    from ensemble_mde.pipeline import train_base
+    from ensemble_mde import runs
+    from ensemble_mde.pipeline import cli_overrides, train_base
     from ensemble_mde.progress import output_console
 
     cfg = _config(args)
+    if args.resume:
+        note_ignored_on_resume(runs.run_dir_for(cfg, cfg["model"]["name"]), cli_overrides(args),
+                               output_console().print)
     run_dir, summary = train_base(cfg, resume=args.resume, progress=not args.no_progress)
     last = summary["last_val"]
     output_console().print(f"[bold]{cfg['model']['name']}[/] -> {run_dir}  best {summary['best_metric']} "

@@ -38,13 +38,14 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_lr_find)
 
 
-def _config(args):
+def _config(args) -> tuple[dict, list[str]]:
+    """(the resolved config, the `key=value` overrides the command line gave)."""
     from ensemble_mde.pipeline import base_config, cli_overrides
 
     overrides = cli_overrides(args)
     if getattr(args, "steps", None):
         overrides.append(f"lr_find.steps={args.steps}")
-    return base_config(args.name, config_file=args.config, overrides=overrides, preset=args.preset)
+    return base_config(args.name, config_file=args.config, overrides=overrides, preset=args.preset), overrides
 
 
 def note_ignored_on_resume(run_dir, overrides: list[str], say) -> None:
@@ -60,18 +61,18 @@ def note_ignored_on_resume(run_dir, overrides: list[str], say) -> None:
 
 def cmd_train_base(args) -> int:
     from ensemble_mde import runs
-    from ensemble_mde.pipeline import cli_overrides, train_base
+    from ensemble_mde.pipeline import train_base
     from ensemble_mde.progress import output_console
 
-    cfg = _config(args)
+    cfg, overrides = _config(args)
+    console = output_console()
     if args.resume:
-        note_ignored_on_resume(runs.run_dir_for(cfg, cfg["model"]["name"]), cli_overrides(args),
-                               output_console().print)
+        note_ignored_on_resume(runs.run_dir_for(cfg, cfg["model"]["name"]), overrides, console.print)
     run_dir, summary = train_base(cfg, resume=args.resume, progress=not args.no_progress)
     last = summary["last_val"]
-    output_console().print(f"[bold]{cfg['model']['name']}[/] -> {run_dir}  best {summary['best_metric']} "
-                           f"{summary['best_value']:.4f} (epoch {summary['best_epoch'] + 1}); last val rmse "
-                           f"{last['rmse']:.4f} abs_rel {last['abs_rel']:.4f} d1 {last['d1']:.4f}")
+    console.print(f"[bold]{cfg['model']['name']}[/] -> {run_dir}  best {summary['best_metric']} "
+                  f"{summary['best_value']:.4f} (epoch {summary['best_epoch'] + 1}); last val rmse "
+                  f"{last['rmse']:.4f} abs_rel {last['abs_rel']:.4f} d1 {last['d1']:.4f}")
     return 0
 
 
@@ -81,7 +82,7 @@ def cmd_lr_find(args) -> int:
     from ensemble_mde import runs
     from ensemble_mde.lr_finder import find_lr_for_config
 
-    cfg = _config(args)
+    cfg, _ = _config(args)
     plot = Path(args.plot) if args.plot else runs.run_dir_for(cfg, cfg["model"]["name"] + "_lr_find") / "lr_find.png"
     result = find_lr_for_config(cfg, plot_path=plot, progress=not args.no_progress)
     print(f"suggested learning rate: {result['suggestion']:.3g}  (steepest descent of the smoothed loss; "

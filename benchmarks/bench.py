@@ -34,7 +34,7 @@ import bench_synth
 from ensemble_mde import runs
 from ensemble_mde.cli import parse_size
 from ensemble_mde.config import load_config
-from ensemble_mde.data import build_dataset
+from ensemble_mde.data import build_dataset, loader_workers
 from ensemble_mde.data.synth import synthesize
 from ensemble_mde.device import resolve_device
 from ensemble_mde.profiling import (count_gmacs, count_params, matmul_gflops, measure_latency, peak_memory_mb,
@@ -144,7 +144,7 @@ def loader_vs_step(device: torch.device, frames: int = 160) -> dict:
                           overrides=[f"data.path={tmp}", "data.val_fraction=0"])
         train_set = build_dataset(cfg, "train")
         train_set.set_epoch(0)
-        batch_size, workers = int(cfg["train"]["batch_size"]), int(cfg["data"]["workers"])
+        batch_size, workers = int(cfg["train"]["batch_size"]), loader_workers(cfg["data"], device.type)
         loader = torch.utils.data.DataLoader(train_set, batch_size=batch_size, shuffle=True, drop_last=True,
                                              num_workers=workers, pin_memory=device.type == "cuda")
         start, counted = None, 0

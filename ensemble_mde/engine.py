@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from ensemble_mde import distributed, runs
+from ensemble_mde.data import loader_workers
 from ensemble_mde.evaluation import evaluate_model
 from ensemble_mde.errors import ConfigError, EnsembleError
 from ensemble_mde.io import atomic_save, atomic_write_json
@@ -344,7 +345,7 @@ def train(model: torch.nn.Module, cfg: dict, train_set, val_set, run_dir: Path, 
                     train_set, batch_size=batch_size // world, drop_last=True,
                     sampler=EpochSampler(len(train_set), seed, epoch, start=state.batch_in_epoch * batch_size,
                                          rank=distributed.rank(), world_size=world, batch_size=batch_size),
-                    num_workers=int(cfg["data"]["workers"]), pin_memory=device.type == "cuda",
+                    num_workers=loader_workers(cfg["data"], device.type), pin_memory=device.type == "cuda",
                     generator=torch.Generator().manual_seed(seed + epoch),  # keeps the global RNG untouched
                     worker_init_fn=own_process_group,
                 )

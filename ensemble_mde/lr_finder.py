@@ -103,7 +103,7 @@ def plot_lr_curve(result: dict, path: Path, title: str = "") -> None:
 def find_lr_for_config(cfg: dict, *, plot_path: Path, progress: bool = True) -> dict:
     """Run the range test on the learner and training data `cfg` describes."""
     from ensemble_mde import runs
-    from ensemble_mde.data import build_dataset
+    from ensemble_mde.data import build_dataset, loader_workers
     from ensemble_mde.device import resolve_device
     from ensemble_mde.engine import adamw, move_batch, seed_everything
     from ensemble_mde.progress import task_progress
@@ -121,7 +121,7 @@ def find_lr_for_config(cfg: dict, *, plot_path: Path, progress: bool = True) -> 
             train_set.set_epoch(epoch)
             loader = torch.utils.data.DataLoader(train_set, batch_size=int(cfg["train"]["batch_size"]),
                                                  shuffle=True, drop_last=True,
-                                                 num_workers=int(cfg["data"]["workers"]))
+                                                 num_workers=loader_workers(cfg["data"], device.type))
             for batch in loader:
                 yield move_batch(batch, device)
             epoch += 1

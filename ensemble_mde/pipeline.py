@@ -13,6 +13,7 @@ import torch
 
 from ensemble_mde import config as config_mod
 from ensemble_mde import distributed, runs
+from ensemble_mde.data import loader_workers
 from ensemble_mde.device import resolve_device
 from ensemble_mde.engine import train
 from ensemble_mde.errors import ConfigError, DataError
@@ -45,10 +46,11 @@ def finalize_paths(cfg: dict) -> dict:
 
 
 def preflight(cfg: dict, run_dir: Path) -> None:
-    """Before any work: the dataset path exists and the run folder can be written
-    (weights paths are checked by `finalize_paths`)."""
+    """Before any work: the dataset path exists, data.workers is valid and the run folder
+    can be written (weights paths are checked by `finalize_paths`)."""
     if not Path(cfg["data"]["path"]).exists():
         raise DataError("no such file or folder (data.path)", cfg["data"]["path"])
+    loader_workers(cfg["data"])
     runs.check_writable(run_dir)
 
 

@@ -145,6 +145,11 @@ def test_wrong_value_type(capsys, tmp_path, synth_root):
     assert line == "error: --set train.epochs=two: key 'train.epochs' expects int, got str 'two'"
 
 
+def test_worker_count_that_is_neither_auto_nor_a_count(capsys, tmp_path, synth_root):
+    line = train_error(capsys, tmp_path, synth_root, "--set", "data.workers=-1")
+    assert line == "error: data.workers must be auto or a count >= 0, got -1"
+
+
 def test_missing_pretrained_weights(capsys, tmp_path, synth_root):
     line = train_error(capsys, tmp_path, synth_root, "--set", f"model.pretrained_path={tmp_path / 'w.pth'}",
                        learner="ldrn")

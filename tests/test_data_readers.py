@@ -20,9 +20,11 @@ from ensemble_mde.data import (
     eigen_crop_default,
     load_depth,
     load_rgb,
+    loader_workers,
     scene_split,
 )
-from ensemble_mde.errors import DataError
+from ensemble_mde.data import dataset as dataset_module
+from ensemble_mde.errors import ConfigError, DataError
 
 H, W = 24, 32  # tiny frames with NYU's 3:4 aspect
 
@@ -192,6 +194,18 @@ def test_own_val_csv_and_synthetic_marker(tmp_path):
     real = build_dataset(config(write_densedepth(tmp_path / "real")), "test")
     assert eigen_crop_default(config(real.root)["data"], real)  # 24x32 GT, 3:4 like 480x640
     assert not eigen_crop_default({**config(real.root)["data"], "eigen_crop": False}, real)
+
+
+def test_loader_workers_auto_follows_the_usable_cores(monkeypatch):
+    monkeypatch.setattr(dataset_module, "usable_cpus", lambda: 2)
+    assert loader_workers({"workers": "auto"}) == 0        # 2 cores: load in the training process
+    assert loader_workers({"workers": "auto"}, "cuda") == 2  # unless the step runs on a GPU
+    monkeypatch.setattr(dataset_module, "usable_cpus", lambda: 16)
+    assert loader_workers({"workers": "auto"}) == 2
+    assert loader_workers({"workers": 0}) == 0 and loader_workers({"workers": 5}) == 5   # a count as set
+    for bad in ("two", -1, True, 1.5):
+        with pytest.raises(ConfigError, match="data.workers"):
+            loader_workers({"workers": bad})
 
 
 def test_labeled_mat_transposes_axes_and_uses_the_official_split(tmp_path):

@@ -10,6 +10,7 @@ from ensemble_mde.data.dataset import (
     DepthDataset,
     build_dataset,
     eigen_crop_default,
+    loader_workers,
     open_source,
     scene_split,
     split_records,
@@ -18,6 +19,6 @@ from ensemble_mde.data.readers import FORMATS, NYU_FOCAL, Record, detect_format,
 
 __all__ = [
     "DepthDataset", "FORMATS", "NYU_FOCAL", "Record", "augment_rng", "augment_sample", "build_dataset",
-    "detect_format", "draw_params", "eigen_crop_default", "load_depth", "load_rgb", "open_source",
+    "detect_format", "draw_params", "eigen_crop_default", "load_depth", "loader_workers", "load_rgb", "open_source",
     "scene_split", "split_records", "warp",
 ]

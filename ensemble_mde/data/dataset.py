@@ -11,6 +11,7 @@ resizes it to `data.size` and augments it.
 
 from __future__ import annotations
 
+import os
 from importlib import resources
 from pathlib import Path
 
@@ -372,3 +373,22 @@ def eigen_crop_default(cfg_data: dict, dataset: DepthDataset) -> bool:
         return False
     h, w = dataset.gt_size()
     return h * 4 == w * 3
+
+
+def usable_cpus() -> int:
+    """CPU cores this process may run on (its affinity where the OS tells it)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def loader_workers(cfg_data: dict, device_type: str = "cpu") -> int:
+    """data.workers resolved: a count as set; `auto` = 0 (load in the training process) when
+    the step runs on the CPU with at most 2 usable cores, else 2. There, worker processes
+    take the cores the step needs: a cached freeze-mode meta run trained about a fifth
+    faster without them and a base learner as fast (benchmarks/NOTES.md). A GPU step leaves
+    the cores to the workers; bigger machines keep the earlier default of 2."""
+    value = cfg_data.get("workers", "auto")
+    if value == "auto":
+        return 0 if device_type == "cpu" and usable_cpus() <= 2 else 2
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"data.workers must be auto or a count >= 0, got {value!r}", "data.workers")
+    return value

@@ -156,7 +156,7 @@ def cached_split(cfg: dict, ensemble: StackedEnsemble, split: str, device, progr
     once into the HDF5 cache (reused across meta runs, rebuilt when a base changes; by
     rank 0 alone under torchrun). For "train" the geometric augmentation is applied to RGB,
     GT and the cached maps together; "val" is read as it is."""
-    from ensemble_mde.data import build_dataset
+    from ensemble_mde.data import build_dataset, loader_workers
 
     plain = build_dataset(cfg, split, augment=False)
     frame = tuple(plain[0]["rgb"].shape[-2:])
@@ -166,6 +166,7 @@ def cached_split(cfg: dict, ensemble: StackedEnsemble, split: str, device, progr
     with distributed.main_process_first():  # rank 0 fills; the others then open the finished file
         cache = PredictionCache.open(cache_dir, hashes, data_id)
         cache.fill(plain, list(ensemble.bases), device=device, batch_size=int(cfg["train"]["val_batch_size"]),
+                   workers=loader_workers(cfg["data"], torch.device(device).type),
                    progress=progress and distributed.is_main(), label=f"caching base predictions ({split})")
     augment = cfg["augment"] if split == "train" and cfg["augment"]["enabled"] else None
     return CachedMetaDataset(plain, cache, augment, seed=int(cfg["run"]["seed"]))

@@ -90,6 +90,11 @@ def test_cached_predictions_equal_recomputed(setup):
     reopened = PredictionCache.open(cache_dir, hashes, data_id)
     assert reopened.complete
     torch.testing.assert_close(reopened.get(N - 1), cache.get(N - 1), rtol=0, atol=0)
+    # loading the frames in worker processes (train-meta's data.workers on a GPU) fills the same file
+    by_workers = PredictionCache.open(cache_dir / "workers", hashes, data_id)
+    by_workers.fill(dataset, bases, device="cpu", batch_size=4, progress=False, workers=2)
+    assert by_workers.names == cache.names
+    assert all(torch.equal(by_workers.get(i), cache.get(i)) for i in range(N))
 
 
 def test_augmented_cached_maps_match_augmented_recomputation(setup):

@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> dict:
         "render_ms_per_frame": round(1000 * render_s / args.frames, 2),
         "workers": summary["workers"],
         "frames_per_s": summary["frames_per_s"],  # render + encode + write with `workers` processes
-        "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "cpus": synth.usable_cpus(),
         "bytes_per_frame": disk // max(1, args.frames),
         "depth_range_m": [round(depth_min, 3), round(depth_max, 3)],
     }

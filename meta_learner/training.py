@@ -151,7 +151,8 @@ def train_meta(cfg: dict, *, resume: bool = False, progress: bool = True, say=pr
     return run_dir, summary
 
 
-def cached_split(cfg: dict, ensemble: StackedEnsemble, split: str, device, progress: bool) -> CachedMetaDataset:
+def cached_split(cfg: dict, ensemble: StackedEnsemble, split: str, device: torch.device,
+                 progress: bool) -> CachedMetaDataset:
     """Freeze mode: the bases' predictions on the un-augmented frames of `split`, computed
     once into the HDF5 cache (reused across meta runs, rebuilt when a base changes; by
     rank 0 alone under torchrun). For "train" the geometric augmentation is applied to RGB,
@@ -166,7 +167,7 @@ def cached_split(cfg: dict, ensemble: StackedEnsemble, split: str, device, progr
     with distributed.main_process_first():  # rank 0 fills; the others then open the finished file
         cache = PredictionCache.open(cache_dir, hashes, data_id)
         cache.fill(plain, list(ensemble.bases), device=device, batch_size=int(cfg["train"]["val_batch_size"]),
-                   workers=loader_workers(cfg["data"], torch.device(device).type),
+                   workers=loader_workers(cfg["data"], device.type),
                    progress=progress and distributed.is_main(), label=f"caching base predictions ({split})")
     augment = cfg["augment"] if split == "train" and cfg["augment"]["enabled"] else None
     return CachedMetaDataset(plain, cache, augment, seed=int(cfg["run"]["seed"]))

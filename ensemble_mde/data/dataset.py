@@ -11,7 +11,6 @@ resizes it to `data.size` and augments it.
 
 from __future__ import annotations
 
-import os
 from importlib import resources
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import torch.nn.functional as F
 from ensemble_mde.data import readers
 from ensemble_mde.data.augment import augment_rng, augment_sample
 from ensemble_mde.data.readers import NYU_FOCAL, NYU_WIDTH, Record
+from ensemble_mde.data.synth import usable_cpus
 from ensemble_mde.errors import ConfigError, DataError
 
 SPLITS = ("train", "val", "test")
@@ -373,11 +373,6 @@ def eigen_crop_default(cfg_data: dict, dataset: DepthDataset) -> bool:
         return False
     h, w = dataset.gt_size()
     return h * 4 == w * 3
-
-
-def usable_cpus() -> int:
-    """CPU cores this process may run on (its affinity where the OS tells it)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def loader_workers(cfg_data: dict, device_type: str = "cpu") -> int:

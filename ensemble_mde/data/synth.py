@@ -933,7 +933,8 @@ def _check_args(counts, size, seed, workers) -> tuple[dict, tuple[int, int]]:
     return {s: int(counts.get(s, 0)) for s in SPLITS}, (int(size[0]), int(size[1]))
 
 
-def _default_workers() -> int:
+def usable_cpus() -> int:
+    """CPU cores this process may run on (its affinity where the OS tells it)."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:
@@ -962,7 +963,7 @@ def synthesize(out_dir, counts=None, size=(240, 320), seed: int = 0, progress: b
     (out / "synthetic.json").unlink(missing_ok=True)
     tasks, scenes = _plan(out, counts, size, int(seed))
     total = sum(counts.values())
-    workers = min(workers or _default_workers(), max(1, len(tasks)))
+    workers = min(workers or usable_cpus(), max(1, len(tasks)))
     start = time.perf_counter()
     bar = _progress_bar() if progress else None
     if workers == 1:

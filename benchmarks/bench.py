@@ -20,6 +20,7 @@ import argparse
 import copy
 import json
 import platform
+import random
 import statistics
 import subprocess
 import sys
@@ -45,6 +46,7 @@ from meta_learner.ensemble import StackedEnsemble
 from meta_learner.unet import WeightingUNet, WeightingUNetOnRgb
 
 DEMO_LEARNER = "bts"  # the loader is measured against this learner's training step
+PAIRED = ("average", "ensemble")  # batch-1 latency measured together, as pairs of passes
 
 
 def build_models(learners: list[str]) -> dict[str, tuple[torch.nn.Module, int]]:
@@ -68,11 +70,10 @@ def model_row(name: str, plain: tuple[torch.nn.Module, int], fast: torch.nn.Modu
     model, cache_maps = plain
     row = {"model": name, "size": f"{size[0]}x{size[1]}", "params": count_params(model),
            "gmacs": round(count_gmacs(model, size), 3)}
-    latency = measure_latency(fast, size, 1, device, warmup=1, repeats=args.repeats)
-    row["latency_ms"] = round(latency["latency_ms"], 1)
+    if name not in PAIRED:   # those two: from the alternating passes of their ratio (main)
+        set_latency(row, measure_latency(fast, size, 1, device, warmup=1, repeats=args.repeats)["latency_ms"])
     row["throughput_b8"] = round(measure_latency(fast, size, 8, device, warmup=1, repeats=args.repeats_b8)["fps"], 2)
     row["peak_mb_b1"] = peak_in_fresh_process(name, size, device, args)
-    row["gflops"] = round(2 * row["gmacs"] / (row["latency_ms"] / 1e3), 2)
     if not args.skip_train and name not in ("meta", "average"):
         # meta: trained inside the freeze-mode ensemble (the `ensemble` row, cached base maps);
         # average: nothing to train.
@@ -84,27 +85,45 @@ def model_row(name: str, plain: tuple[torch.nn.Module, int], fast: torch.nn.Modu
     return row
 
 
+def set_latency(row: dict, latency_ms: float) -> None:
+    """A row's batch-1 latency and the GFLOP/s it achieves (2 flops per mult-add)."""
+    row["latency_ms"] = round(latency_ms, 1)
+    row["gflops"] = round(2 * row["gmacs"] / (latency_ms / 1e3), 2)
+
+
 def matmul_rates(device: torch.device) -> dict[str, float]:
     """The machine's dense-matmul GFLOP/s now: {"fp32": ..., "bf16": ...}."""
     return {name: round(matmul_gflops(dtype, device=device), 1)
             for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
 
 
-def paired_latency_ratio(model: torch.nn.Module, reference: torch.nn.Module, size: tuple[int, int],
-                         device: torch.device, repeats: int) -> float:
-    """Batch-1 latency of `model` over that of `reference`: the median over `repeats` pairs
-    of back-to-back passes (which of the two goes first alternates), so that drift on a
-    shared machine hits both sides of each ratio alike."""
+def paired_latency(model: torch.nn.Module, reference: torch.nn.Module, size: tuple[int, int],
+                   device: torch.device, repeats: int) -> dict:
+    """Batch-1 latency of `model` against `reference` over `repeats` pairs of back-to-back
+    passes (which of the two goes first alternates), so that drift on a shared machine hits
+    both sides of each ratio alike: {"ratio": median of the per-pair ratios, "ratio_ci95":
+    its bootstrap 95% interval, "model_ms", "reference_ms": each side's median, "pairs"}."""
     def one_pass(m: torch.nn.Module, warmup: int = 0) -> float:
         return measure_latency(m, size, 1, device, warmup=warmup, repeats=1)["latency_ms"]
 
-    one_pass(model, warmup=1), one_pass(reference, warmup=1)
-    ratios = []
+    model_ms, reference_ms = [], []
+    sides = [(model, model_ms), (reference, reference_ms)]
+    for m, _ in sides:
+        one_pass(m, warmup=1)
     for i in range(repeats):
-        order = (model, reference) if i % 2 == 0 else (reference, model)
-        ms = {id(m): one_pass(m) for m in order}
-        ratios.append(ms[id(model)] / ms[id(reference)])
-    return statistics.median(ratios)
+        for m, times in (sides if i % 2 == 0 else sides[::-1]):
+            times.append(one_pass(m))
+    ratios = [m / r for m, r in zip(model_ms, reference_ms)]
+    return {"ratio": round(statistics.median(ratios), 3), "ratio_ci95": median_ci95(ratios),
+            "model_ms": statistics.median(model_ms), "reference_ms": statistics.median(reference_ms),
+            "pairs": repeats}
+
+
+def median_ci95(values: list[float], resamples: int = 2000) -> list[float]:
+    """Percentile-bootstrap 95% interval of the median of `values` (fixed seed)."""
+    rng = random.Random(0)
+    medians = sorted(statistics.median(rng.choices(values, k=len(values))) for _ in range(resamples))
+    return [round(medians[int(0.025 * resamples)], 3), round(medians[int(0.975 * resamples) - 1], 3)]
 
 
 def peak_in_fresh_process(name: str, size: tuple[int, int], device: torch.device, args) -> float:
@@ -183,8 +202,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--sizes", default="416x544,192x256", help="comma-separated HxW")
     parser.add_argument("--repeats", type=int, default=5, help="timed batch-1 passes")
     parser.add_argument("--repeats-b8", type=int, default=2, dest="repeats_b8", help="timed batch-8 passes")
-    parser.add_argument("--repeats-paired", type=int, default=15, dest="repeats_paired",
-                        help="alternating ensemble / average passes for their latency ratio")
+    parser.add_argument("--repeats-paired", type=int, default=41, dest="repeats_paired",
+                        help="pairs of alternating ensemble / average passes: their latency ratio and b1 rows")
     parser.add_argument("--train-batch", type=int, default=2, dest="train_batch")
     parser.add_argument("--train-steps", type=int, default=2, dest="train_steps")
     parser.add_argument("--skip-train", action="store_true", dest="skip_train")
@@ -237,8 +256,11 @@ def main(argv: list[str] | None = None) -> dict:
     for size in sizes:
         tag = f"{size[0]}x{size[1]}"
         by = {r["model"]: r for r in rows if r["size"] == tag}
-        ratios[f"ensemble_over_average_latency_{tag}"] = round(
-            paired_latency_ratio(timed["ensemble"], timed["average"], size, device, args.repeats_paired), 3)
+        paired = paired_latency(timed["ensemble"], timed["average"], size, device, args.repeats_paired)
+        set_latency(by["ensemble"], paired["model_ms"])
+        set_latency(by["average"], paired["reference_ms"])
+        ratios[f"ensemble_over_average_latency_{tag}"] = paired["ratio"]
+        ratios[f"ensemble_over_average_latency_{tag}_ci95"] = paired["ratio_ci95"]
         ratios[f"ensemble_of_fp32_peak_{tag}"] = round(by["ensemble"]["gflops"] / peak, 3)
     result = {"machine": machine, "models": rows, "ratios": ratios}
     if not args.skip_extras:

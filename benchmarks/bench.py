@@ -102,7 +102,8 @@ def paired_latency(model: torch.nn.Module, reference: torch.nn.Module, size: tup
     """Batch-1 latency of `model` against `reference` over `repeats` pairs of back-to-back
     passes (which of the two goes first alternates), so that drift on a shared machine hits
     both sides of each ratio alike: {"ratio": median of the per-pair ratios, "ratio_ci95":
-    its bootstrap 95% interval, "model_ms", "reference_ms": each side's median, "pairs"}."""
+    its bootstrap 95% interval, "model_ms", "reference_ms": each side's median, "pairs",
+    and every pass's time (ms) in pass order, "model_ms_each", "reference_ms_each"}."""
     def one_pass(m: torch.nn.Module, warmup: int = 0) -> float:
         return measure_latency(m, size, 1, device, warmup=warmup, repeats=1)["latency_ms"]
 
@@ -116,7 +117,8 @@ def paired_latency(model: torch.nn.Module, reference: torch.nn.Module, size: tup
     ratios = [m / r for m, r in zip(model_ms, reference_ms)]
     return {"ratio": round(statistics.median(ratios), 3), "ratio_ci95": median_ci95(ratios),
             "model_ms": statistics.median(model_ms), "reference_ms": statistics.median(reference_ms),
-            "pairs": repeats}
+            "pairs": repeats, "model_ms_each": [round(t, 1) for t in model_ms],
+            "reference_ms_each": [round(t, 1) for t in reference_ms]}
 
 
 def median_ci95(values: list[float], resamples: int = 2000) -> list[float]:
@@ -252,17 +254,17 @@ def main(argv: list[str] | None = None) -> dict:
         machine[f"{dtype}_matmul_gflops"] = max(r[dtype] for r in rates)
         machine[f"{dtype}_matmul_gflops_each"] = [r[dtype] for r in rates]
     peak = machine["fp32_matmul_gflops"]
-    ratios = {}
+    ratios, pairs = {}, {}
     for size in sizes:
         tag = f"{size[0]}x{size[1]}"
         by = {r["model"]: r for r in rows if r["size"] == tag}
-        paired = paired_latency(timed["ensemble"], timed["average"], size, device, args.repeats_paired)
+        paired = pairs[tag] = paired_latency(timed["ensemble"], timed["average"], size, device, args.repeats_paired)
         set_latency(by["ensemble"], paired["model_ms"])
         set_latency(by["average"], paired["reference_ms"])
         ratios[f"ensemble_over_average_latency_{tag}"] = paired["ratio"]
         ratios[f"ensemble_over_average_latency_{tag}_ci95"] = paired["ratio_ci95"]
         ratios[f"ensemble_of_fp32_peak_{tag}"] = round(by["ensemble"]["gflops"] / peak, 3)
-    result = {"machine": machine, "models": rows, "ratios": ratios}
+    result = {"machine": machine, "models": rows, "ratios": ratios, "ensemble_vs_average_passes": pairs}
     if not args.skip_extras:
         result["cache"] = cache_in_fresh_process(["--size", "416x544", "--frames", "32", "--batch-size", "4"])
         ratios["cache_speedup"] = result["cache"]["speedup"]

@@ -49,11 +49,12 @@ DEMO_LEARNER = "bts"  # the loader is measured against this learner's training s
 PAIRED = ("average", "ensemble")  # batch-1 latency measured together, as pairs of passes
 
 
-def build_models(learners: list[str]) -> dict[str, tuple[torch.nn.Module, int]]:
-    """name -> (model taking rgb, K base maps its training step reads from the cache or 0)."""
+def build_models(learners: list[str], meta_overrides: list[str]) -> dict[str, tuple[torch.nn.Module, int]]:
+    """name -> (model taking rgb, K base maps its training step reads from the cache or 0);
+    `meta_overrides`: `--set` lines for the meta-learner's config."""
     cfgs = {name: load_config(["defaults", f"base/{name}"]) for name in learners}
     bases = [runs.build_learner(cfgs[name]).eval() for name in learners]
-    meta_cfg = load_config(["defaults", "meta/unet"])
+    meta_cfg = load_config(["defaults", "meta/unet"], overrides=meta_overrides)
     meta = WeightingUNet(len(bases), max_depth=meta_cfg["data"]["max_depth"], **meta_cfg["meta"])
     ensemble = StackedEnsemble(bases, meta, learners, mode="freeze").eval()
     models = {name: (base, 0) for name, base in zip(learners, bases)}
@@ -132,7 +133,7 @@ def peak_in_fresh_process(name: str, size: tuple[int, int], device: torch.device
     """Peak memory (MB) one batch-1 inference adds, measured in a new process (`--peak-of`):
     in this one, memory freed by earlier measurements would be reused and hide the peak."""
     cmd = [sys.executable, __file__, "--peak-of", name, "--sizes", f"{size[0]}x{size[1]}", "--learners",
-           args.learners, "--device", str(device)] + (["--plain"] if args.plain else [])
+           args.learners, "--device", str(device), *set_args(args.meta_overrides)] + (["--plain"] if args.plain else [])
     proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return float(proc.stdout.strip().splitlines()[-1])
 
@@ -147,9 +148,14 @@ def cache_in_fresh_process(bench_args: list[str]) -> dict:
     return json.loads(line)
 
 
-def print_peak_of(name: str, learners: list[str], size: tuple[int, int], device: torch.device, plain: bool) -> None:
-    model = build_models(learners)[name][0].to(device)
-    if not plain:
+def set_args(overrides: list[str]) -> list[str]:
+    """The `--set KEY=VALUE` arguments that hand `overrides` to a child script."""
+    return [arg for text in overrides for arg in ("--set", text)]
+
+
+def print_peak_of(name: str, learners: list[str], size: tuple[int, int], device: torch.device, args) -> None:
+    model = build_models(learners, args.meta_overrides)[name][0].to(device)
+    if not args.plain:
         prepare_for_inference(model)
     x = torch.rand(1, 3, *size, device=device)
     with torch.inference_mode():
@@ -215,6 +221,9 @@ def main(argv: list[str] | None = None) -> dict:
                         help="time inference on the plain models (no BatchNorm folding, no channels_last, "
                              "system allocator settings), to measure what the fast path gains")
     parser.add_argument("--compile", action="store_true", help="also torch.compile the fast models")
+    parser.add_argument("--set", dest="meta_overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one key of the meta-learner's config (configs/meta/unet.yaml), e.g. "
+                             "--set meta.decoder_channels=[128,64,32] (repeatable; the cache figure too)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", default="benchmarks/results.json")
     parser.add_argument("--peak-of", dest="peak_of", help=argparse.SUPPRESS)  # internal: one peak-memory figure
@@ -226,21 +235,21 @@ def main(argv: list[str] | None = None) -> dict:
     sizes = [parse_size(s) for s in args.sizes.split(",")]
     torch.manual_seed(0)
     if args.peak_of:
-        print_peak_of(args.peak_of, learners, sizes[0], device, args.plain)
+        print_peak_of(args.peak_of, learners, sizes[0], device, args)
         return {}
 
     machine = {"device": str(device), "cpu": platform.processor() or platform.machine(), "fast_path": not args.plain,
-               "compile": bool(args.compile),
+               "compile": bool(args.compile), "meta_overrides": args.meta_overrides,
                "threads": torch.get_num_threads(), "torch": torch.__version__}
     rates = [matmul_rates(device)]
     print(f"machine: {machine} {rates[0]}", flush=True)
-    models = build_models(learners)  # as trained: cost and training figures
+    models = build_models(learners, args.meta_overrides)  # as trained: cost and training figures
     for model, _ in models.values():  # the training engine's layout (train.channels_last), unless --plain
         model.to(device, memory_format=torch.preserve_format if args.plain else torch.channels_last)
     if args.plain:
         timed = {name: model for name, (model, _) in models.items()}
     else:
-        fast = build_models(learners)
+        fast = build_models(learners, args.meta_overrides)
         prepare_for_inference(fast["ensemble"][0].to(device))  # folds the bases and meta every row shares
         timed = {name: compile_for_inference(model) if args.compile else model for name, (model, _) in fast.items()}
     rows = []
@@ -268,7 +277,8 @@ def main(argv: list[str] | None = None) -> dict:
         ratios[f"ensemble_of_fp32_peak_{tag}"] = round(by["ensemble"]["gflops"] / peak, 3)
     result = {"machine": machine, "models": rows, "ratios": ratios, "ensemble_vs_average_passes": passes}
     if not args.skip_extras:
-        result["cache"] = cache_in_fresh_process(["--size", "416x544", "--frames", "32", "--batch-size", "4"])
+        result["cache"] = cache_in_fresh_process(["--size", "416x544", "--frames", "32", "--batch-size", "4",
+                                                  *set_args(args.meta_overrides)])
         ratios["cache_speedup"] = result["cache"]["speedup"]
         result["loader"] = loader_vs_step(device)
         ratios["loader_over_train_step"] = result["loader"]["ratio"]

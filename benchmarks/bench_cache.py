@@ -71,13 +71,16 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--frames", type=int, default=64, help="training frames in the epoch")
     parser.add_argument("--size", type=parse_size, default=(96, 128), help="frame size HxW")
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--set", dest="meta_overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one key of the meta-learner's config, e.g. --set meta.decoder_channels=[128,64,32]")
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.bases.split(",")]
 
     with tempfile.TemporaryDirectory(prefix="bench_cache_") as tmp:
         tmp = Path(tmp)
         synthesize(tmp / "data", counts={"train": args.frames}, size=args.size, seed=0, progress=False)
-        cfg = load_config(["defaults", "meta/unet"], overrides=[f"data.path={tmp / 'data'}", "data.val_fraction=0"])
+        cfg = load_config(["defaults", "meta/unet"],
+                          overrides=[f"data.path={tmp / 'data'}", "data.val_fraction=0", *args.meta_overrides])
         plain = build_dataset(cfg, "train", augment=False)
         torch.manual_seed(0)
         bases, hashes = [], []
@@ -102,7 +105,7 @@ def main(argv: list[str] | None = None) -> dict:
         recompute_set = build_dataset(cfg, "train")  # the same augmentation, no cached maps
 
         cached_s, recompute_s = paired_epoch_seconds(ensemble, cached_set, recompute_set, args.batch_size)
-    result = {"bases": names, "frames": args.frames, "size": list(args.size), "batch_size": args.batch_size,
+    result = {"bases": names, "meta_overrides": args.meta_overrides, "frames": args.frames, "size": list(args.size), "batch_size": args.batch_size,
               "threads": torch.get_num_threads(), "cache_fill_s": round(fill_s, 3),
               "epoch_cached_s": round(cached_s, 3), "epoch_recompute_s": round(recompute_s, 3),
               "speedup": round(recompute_s / cached_s, 2)}

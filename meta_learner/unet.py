@@ -7,8 +7,10 @@ init or ImageNet weights from a local file (`pretrained_path`, never downloaded)
 blocks use depthwise-separable convolutions and convolve at the coarse resolution before
 upsampling (the SG work's two changes for size and speed); a context block of two full
 3x3 convolutions at 1/32 holds most of the decoder's parameters where pixels are few.
-Five decoder widths end at stride 1 (the input is the last skip); four end at stride 2 and
-the weight logits are upsampled bilinearly to the input resolution before the softmax.
+Five decoder widths end at stride 1 (the input is the last skip); four (the default) end at
+stride 2 and three at stride 4, and the weight logits are upsampled bilinearly to the input
+resolution before the softmax (three widths: about 15% less time than four on CPU, for a
+weight map of a quarter of the input's height; benchmarks/NOTES.md).
 
 Inputs (`inputs`): "rgb" (3 channels, ImageNet-normalised inside), "d" (K base depths
 divided by max_depth) or "rgb+d" (3 + K, RGB first). Any input size: replicate-padded to a
@@ -70,9 +72,10 @@ class WeightingUNet(nn.Module):
         if int(num_learners) < 2:
             raise ModelError(f"a stacked ensemble needs at least 2 base learners, got {num_learners}",
                              "meta.num_learners")
-        if len(decoder_channels) not in (ENCODER_DEPTH - 1, ENCODER_DEPTH):
-            raise ModelError(f"decoder_channels needs {ENCODER_DEPTH} widths (strides 16, 8, 4, 2, 1) or "
-                             f"{ENCODER_DEPTH - 1} (16, 8, 4, 2), got {list(decoder_channels)}", "meta.decoder_channels")
+        if len(decoder_channels) not in (ENCODER_DEPTH - 2, ENCODER_DEPTH - 1, ENCODER_DEPTH):
+            raise ModelError(f"decoder_channels needs {ENCODER_DEPTH} widths (strides 16, 8, 4, 2, 1), "
+                             f"{ENCODER_DEPTH - 1} (16, 8, 4, 2) or {ENCODER_DEPTH - 2} (16, 8, 4), "
+                             f"got {list(decoder_channels)}", "meta.decoder_channels")
         if not encoder_name.startswith("tu-"):
             raise ModelError(f"encoder_name must name a timm backbone as 'tu-<timm name>', got {encoder_name!r}",
                              "meta.encoder_name")
@@ -124,7 +127,7 @@ class WeightingUNet(nn.Module):
         for block, skip in zip(self.decoder, reversed(features[:-1])):
             y = block(y, skip)
         logits = self.head(y)
-        if logits.shape[-2:] != x.shape[-2:]:     # four decoder blocks: logits at stride 2
+        if logits.shape[-2:] != x.shape[-2:]:     # three or four decoder blocks: logits at stride 4 or 2
             # K channels: the contiguous layout upsamples (and softmaxes) K maps 1.7x faster on
             # CPU than channels_last, which interleaves only K values per pixel
             logits = F.interpolate(logits.contiguous(), size=x.shape[-2:], mode="bilinear", align_corners=False)

@@ -17,6 +17,7 @@ from conftest import TinyLearner
 H, W = 32, 48
 SMALL_UNET = dict(center_channels=16, decoder_channels=(16, 8, 8, 8, 8))
 SMALL_UNET_STRIDE2 = dict(center_channels=16, decoder_channels=(16, 8, 8, 8))   # logits at 1/2, upsampled
+SMALL_UNET_STRIDE4 = dict(center_channels=16, decoder_channels=(16, 8, 8))      # logits at 1/4, upsampled
 
 
 def make_batch(seed: int = 0, b: int = 2) -> dict:
@@ -51,7 +52,7 @@ def train_steps(model: StackedEnsemble, steps: int = 3, lr: float = 1e-2, base_l
 
 # ---------------------------------------------------------------- WeightingUNet
 
-@pytest.mark.parametrize("widths", [SMALL_UNET, SMALL_UNET_STRIDE2])
+@pytest.mark.parametrize("widths", [SMALL_UNET, SMALL_UNET_STRIDE2, SMALL_UNET_STRIDE4])
 @pytest.mark.parametrize("inputs, channels", [("rgb", 3), ("d", 3), ("rgb+d", 6)])
 def test_unet_input_channels_and_output_shape(inputs, channels, widths):
     k = 3
@@ -64,7 +65,7 @@ def test_unet_input_channels_and_output_shape(inputs, channels, widths):
     assert weights.shape == (2, k, 37, 50)
 
 
-@pytest.mark.parametrize("widths", [SMALL_UNET, SMALL_UNET_STRIDE2])
+@pytest.mark.parametrize("widths", [SMALL_UNET, SMALL_UNET_STRIDE2, SMALL_UNET_STRIDE4])
 def test_unet_weights_are_a_softmax_over_learners(widths):
     k = 3
     unet = WeightingUNet(k, "rgb+d", **widths).eval()
@@ -100,7 +101,7 @@ def test_unet_rejects_bad_arguments():
     with pytest.raises(ModelError, match="inputs"):
         WeightingUNet(3, "depth")
     with pytest.raises(ModelError, match="decoder_channels"):
-        WeightingUNet(3, "rgb", center_channels=16, decoder_channels=(8, 8))
+        WeightingUNet(3, "rgb", center_channels=16, decoder_channels=(8, 8))   # logits at 1/8: not offered
     unet = WeightingUNet(3, "rgb+d", **SMALL_UNET)
     with pytest.raises(ModelError, match="base depths"):
         unet(torch.rand(1, 3, H, W), torch.rand(1, 2, H, W))

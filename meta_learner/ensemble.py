@@ -123,5 +123,5 @@ class StackedEnsemble(nn.Module):
         return groups
 
     def selectable_layers(self) -> "OrderedDict[str, nn.Module]":
-        """The meta U-Net's stages: enc_0..enc_4, center, dec_0..dec_4."""
+        """The meta U-Net's stages: enc_0..enc_4, center, dec_0.. (one per decoder width)."""
         return self.meta.selectable_layers()

@@ -7,10 +7,11 @@ init or ImageNet weights from a local file (`pretrained_path`, never downloaded)
 blocks use depthwise-separable convolutions and convolve at the coarse resolution before
 upsampling (the SG work's two changes for size and speed); a context block of two full
 3x3 convolutions at 1/32 holds most of the decoder's parameters where pixels are few.
-Five decoder widths end at stride 1 (the input is the last skip); four (the default) end at
-stride 2 and three at stride 4, and the weight logits are upsampled bilinearly to the input
-resolution before the softmax (three widths: about 15% less time than four on CPU, for a
-weight map of a quarter of the input's height; benchmarks/NOTES.md).
+Three decoder widths (the default) end at stride 4, four at stride 2, five at stride 1 (the
+input is the last skip; the closest to the SG work's reference size); below stride 1 the weight logits are upsampled
+bilinearly to the input resolution before the softmax. The base depths keep their full
+resolution in the blend. Stride 4 trains and runs about 15% faster than stride 2 on CPU for
+the same synthetic test RMSE, at depth edges too (benchmarks/NOTES.md).
 
 Inputs (`inputs`): "rgb" (3 channels, ImageNet-normalised inside), "d" (K base depths
 divided by max_depth) or "rgb+d" (3 + K, RGB first). Any input size: replicate-padded to a
@@ -41,7 +42,7 @@ INPUT_MULTIPLE = 32      # five stride-2 stages
 ENCODER_DEPTH = 5
 DEFAULT_ENCODER = "tu-ghostnet_100"
 DEFAULT_CENTER_CHANNELS = 512
-DEFAULT_DECODER_CHANNELS = (128, 64, 32, 24)   # outputs at strides 16, 8, 4, 2; logits upsampled to 1/1
+DEFAULT_DECODER_CHANNELS = (128, 64, 32)   # outputs at strides 16, 8, 4; logits upsampled to 1/1
 
 
 def input_channels(inputs: str, num_learners: int) -> int:

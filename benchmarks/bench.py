@@ -10,7 +10,7 @@ cache over without (benchmarks/bench_cache.py), loader images/s over training-st
 at the demo's size with the default workers, and the synthetic renderer's frames/s
 (benchmarks/bench_synth.py). Weights are freshly initialised: speed does not depend on them.
 
-    python benchmarks/bench.py                      # the full suite, 4-5 min on 2 CPU cores
+    python benchmarks/bench.py                      # the full suite, 5-6 min on 2 CPU cores
     python benchmarks/bench.py --sizes 192x256 --skip-train --out /tmp/quick.json
 """
 
@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--compile", action="store_true", help="also torch.compile the fast models")
     parser.add_argument("--set", dest="meta_overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override one key of the meta-learner's config (configs/meta/unet.yaml), e.g. "
-                             "--set meta.decoder_channels=[128,64,32] (repeatable; the cache figure too)")
+                             "--set meta.decoder_channels=[128,64,32,24] (repeatable; the cache figure too)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", default="benchmarks/results.json")
     parser.add_argument("--peak-of", dest="peak_of", help=argparse.SUPPRESS)  # internal: one peak-memory figure
@@ -277,7 +277,7 @@ def main(argv: list[str] | None = None) -> dict:
         ratios[f"ensemble_of_fp32_peak_{tag}"] = round(by["ensemble"]["gflops"] / peak, 3)
     result = {"machine": machine, "models": rows, "ratios": ratios, "ensemble_vs_average_passes": passes}
     if not args.skip_extras:
-        result["cache"] = cache_in_fresh_process(["--size", "416x544", "--frames", "32", "--batch-size", "4",
+        result["cache"] = cache_in_fresh_process(["--size", "416x544", "--frames", "64", "--batch-size", "4",
                                                   *set_args(args.meta_overrides)])
         ratios["cache_speedup"] = result["cache"]["speedup"]
         result["loader"] = loader_vs_step(device)

@@ -72,7 +72,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--size", type=parse_size, default=(96, 128), help="frame size HxW")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--set", dest="meta_overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one key of the meta-learner's config, e.g. --set meta.decoder_channels=[128,64,32]")
+                        help="override one key of the meta-learner's config, e.g. "
+                             "--set meta.decoder_channels=[128,64,32,24]")
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.bases.split(",")]
 
@@ -105,8 +106,8 @@ def main(argv: list[str] | None = None) -> dict:
         recompute_set = build_dataset(cfg, "train")  # the same augmentation, no cached maps
 
         cached_s, recompute_s = paired_epoch_seconds(ensemble, cached_set, recompute_set, args.batch_size)
-    result = {"bases": names, "meta_overrides": args.meta_overrides, "frames": args.frames, "size": list(args.size), "batch_size": args.batch_size,
-              "threads": torch.get_num_threads(), "cache_fill_s": round(fill_s, 3),
+    result = {"bases": names, "meta_overrides": args.meta_overrides, "frames": args.frames, "size": list(args.size),
+              "batch_size": args.batch_size, "threads": torch.get_num_threads(), "cache_fill_s": round(fill_s, 3),
               "epoch_cached_s": round(cached_s, 3), "epoch_recompute_s": round(recompute_s, 3),
               "speedup": round(recompute_s / cached_s, 2)}
     print(json.dumps(result))

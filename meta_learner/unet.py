@@ -8,10 +8,11 @@ blocks use depthwise-separable convolutions and convolve at the coarse resolutio
 upsampling (the SG work's two changes for size and speed); a context block of two full
 3x3 convolutions at 1/32 holds most of the decoder's parameters where pixels are few.
 Three decoder widths (the default) end at stride 4, four at stride 2, five at stride 1 (the
-input is the last skip; the closest to the SG work's reference size); below stride 1 the weight logits are upsampled
-bilinearly to the input resolution before the softmax. The base depths keep their full
-resolution in the blend. Stride 4 trains and runs about 15% faster than stride 2 on CPU for
-the same synthetic test RMSE, at depth edges too (benchmarks/NOTES.md).
+input is the last skip; the closest to the SG work's reference size). Below stride 1 the
+weight logits are upsampled bilinearly to the input resolution before the softmax; the base
+depths keep their full resolution in the blend. Stride 4 trains and runs about 15% faster
+than stride 2 on CPU for the same synthetic test RMSE, at depth edges too
+(benchmarks/NOTES.md).
 
 Inputs (`inputs`): "rgb" (3 channels, ImageNet-normalised inside), "d" (K base depths
 divided by max_depth) or "rgb+d" (3 + K, RGB first). Any input size: replicate-padded to a

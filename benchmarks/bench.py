@@ -221,9 +221,7 @@ def main(argv: list[str] | None = None) -> dict:
                         help="time inference on the plain models (no BatchNorm folding, no channels_last, "
                              "system allocator settings), to measure what the fast path gains")
     parser.add_argument("--compile", action="store_true", help="also torch.compile the fast models")
-    parser.add_argument("--set", dest="meta_overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one key of the meta-learner's config (configs/meta/unet.yaml), e.g. "
-                             "--set meta.decoder_channels=[128,64,32,24] (repeatable; the cache figure too)")
+    bench_cache.add_meta_overrides(parser)  # the models and the cache figure alike
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", default="benchmarks/results.json")
     parser.add_argument("--peak-of", dest="peak_of", help=argparse.SUPPRESS)  # internal: one peak-memory figure

@@ -64,6 +64,14 @@ def paired_epoch_seconds(ensemble: StackedEnsemble, cached_set, recompute_set, b
     return cached_s, recompute_s
 
 
+def add_meta_overrides(parser: argparse.ArgumentParser) -> None:
+    """`--set KEY=VALUE` (repeatable) into args.meta_overrides: config overrides for the
+    meta-learner the benchmark builds (this script and bench.py)."""
+    parser.add_argument("--set", dest="meta_overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one key of the meta-learner's config (configs/meta/unet.yaml), e.g. "
+                             "--set meta.decoder_channels=[128,64,32,24] (repeatable)")
+
+
 def main(argv: list[str] | None = None) -> dict:
     keep_freed_memory()  # as the CLI does
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -71,9 +79,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--frames", type=int, default=64, help="training frames in the epoch")
     parser.add_argument("--size", type=parse_size, default=(96, 128), help="frame size HxW")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--set", dest="meta_overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one key of the meta-learner's config, e.g. "
-                             "--set meta.decoder_channels=[128,64,32,24]")
+    add_meta_overrides(parser)
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.bases.split(",")]
 

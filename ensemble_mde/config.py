@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import copy
 import difflib
+import functools
+import math
 from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -18,6 +20,8 @@ import yaml
 from ensemble_mde.errors import ConfigError
 
 PRESETS_KEY = "presets"
+RULES = "rules"  # configs/rules.yaml: what each packaged key accepts beyond its type
+TYPES = {"int": int, "float": float, "bool": bool, "str": str, "list": list}
 
 
 def packaged_config_path(name: str) -> Path:
@@ -37,7 +41,9 @@ def read_yaml(path: str | Path) -> dict:
     if not path.is_file():
         raise ConfigError("config file not found", path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.safe_load(path.read_text(encoding="utf-8-sig"))
+    except UnicodeDecodeError:
+        raise ConfigError("not a text file (a YAML config must be UTF-8 text)", path) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
@@ -149,6 +155,114 @@ def parse_override(text: str) -> dict:
     return tree
 
 
+@functools.lru_cache(maxsize=1)
+def packaged_rules() -> dict:
+    """configs/rules.yaml: what each packaged key accepts (see the file's header)."""
+    return read_yaml(packaged_config_path(RULES))
+
+
+def _is_rule(node: dict) -> bool:
+    """A rule is a mapping of rule words; a section maps key names to rules."""
+    return not any(isinstance(v, dict) for v in node.values())
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _article(noun: str) -> str:
+    return f"an {noun}" if noun[0] in "aeiou" else f"a {noun}"
+
+
+def describe_rule(rule: dict, default: Any = None) -> str:
+    """What a rule (and the type of the key's packaged `default`) accepts, in words, e.g.
+    "an int >= 1", "a number in [0, 1]", "one of none, bf16", "a list of 2 ints >= 1 or null"."""
+    kind = rule.get("type") or {bool: "bool", int: "int", float: "float", str: "str", list: "list"}.get(
+        type(default))
+    lo = (f">= {rule['min']:g}", rule["min"], "[") if "min" in rule else \
+        (f"> {rule['above']:g}", rule["above"], "(") if "above" in rule else None
+    hi = (f"<= {rule['max']:g}", rule["max"], "]") if "max" in rule else \
+        (f"< {rule['below']:g}", rule["below"], ")") if "below" in rule else None
+    bounds = (f" in {lo[2]}{lo[1]:g}, {hi[1]:g}{hi[2]}" if lo and hi else f" {(lo or hi)[0]}" if lo or hi else "")
+    if "choices" in rule:
+        text = "one of " + ", ".join(str(c) for c in rule["choices"])
+    elif kind == "list":
+        element = {"int": "int", "float": "number"}.get(rule.get("of"), "number")
+        count = f"{rule['length']} " if "length" in rule else ""
+        text = f"a list of {count}{element}s{bounds}" + (" in ascending order" if rule.get("ascending") else "")
+    elif kind == "bool":
+        text = "true or false"
+    elif kind == "str":
+        text = "a string"
+    else:
+        text = _article("int" if kind == "int" else "number" if bounds else "finite number") + bounds
+    return text + (" or auto" if rule.get("auto") else "") + (" or null" if rule.get("nullable") else "")
+
+
+def _fits(value: Any, rule: dict, default: Any, sibling: Any) -> bool:
+    """Whether `value` satisfies `rule` (`sibling`: the value of rule["less_than"]'s key)."""
+    if value is None:
+        return bool(rule.get("nullable"))
+    if rule.get("auto") and value == "auto":
+        return True
+    kind = TYPES.get(rule.get("type")) or (type(default) if default is not None and default != "auto" else None)
+    if kind is float:
+        if not _is_number(value):
+            return False
+    elif kind is int:
+        if not isinstance(value, int) or isinstance(value, bool):
+            return False
+    elif kind is not None and not isinstance(value, kind):
+        return False
+    if "choices" in rule:
+        return value in rule["choices"]
+    items = value if isinstance(value, list) else [value]
+    if isinstance(value, list):
+        if "length" in rule and len(value) != rule["length"]:
+            return False
+        element = TYPES.get(rule.get("of"))
+        if element is not None and not all(_is_number(x) and (element is float or isinstance(x, int)) for x in items):
+            return False
+        if rule.get("ascending") and items != sorted(items):
+            return False
+    numbers = [x for x in items if _is_number(x)]
+    if not all(math.isfinite(x) for x in numbers):
+        return False
+    bounded = any(word in rule for word in ("min", "max", "above", "below", "less_than"))
+    if bounded and len(numbers) != len(items):
+        return False
+    return all(("min" not in rule or x >= rule["min"]) and ("max" not in rule or x <= rule["max"])
+               and ("above" not in rule or x > rule["above"]) and ("below" not in rule or x < rule["below"])
+               and (not _is_number(sibling) or x < sibling) for x in numbers)
+
+
+def check_values(cfg: dict, *, rules: dict | None = None, defaults: dict | None = None,
+                 origins: dict[str, str] | None = None, prefix: str = "", only: set[str] | None = None) -> None:
+    """Check every key of `cfg` that has a rule (default: the packaged rules) against it;
+    `defaults` (same shape) gives each key's packaged type, `origins` {dotted key: layer
+    that set it} names the layer in the error, `prefix` goes before every key named. `only`:
+    check just these dotted keys, each on its own (less_than, which relates two keys, waits
+    for the whole config). Raises ConfigError naming the first bad key."""
+    rules = packaged_rules() if rules is None else rules
+    defaults = cfg if defaults is None else defaults
+    for name, rule in rules.items():
+        if not isinstance(cfg, dict) or name not in cfg:
+            continue
+        key, value = prefix + name, cfg[name]
+        default = defaults.get(name) if isinstance(defaults, dict) else None
+        if not _is_rule(rule):
+            check_values(value, rules=rule, defaults=default, origins=origins, prefix=key + ".", only=only)
+            continue
+        if only is not None and key not in only:
+            continue
+        sibling = cfg.get(rule["less_than"]) if rule.get("less_than") and only is None else None
+        if not _fits(value, rule, default, sibling):
+            where = (origins or {}).get(key)
+            limit = f" below {prefix + rule['less_than']} ({sibling!r})" if rule.get("less_than") else ""
+            raise ConfigError(f"{where + ': ' if where else ''}{key} must be {describe_rule(rule, default)}"
+                              f"{limit}, got {value!r}", key)
+
+
 def load_config(
     packaged: Sequence[str],
     config_file: str | Path | None = None,
@@ -167,19 +281,38 @@ def load_config(
         layer = read_yaml(packaged_config_path(name))
         presets.update(layer.pop(PRESETS_KEY, {}) or {})
         cfg = merge(cfg, layer, strict=False, source=name)
+    defaults = copy.deepcopy(cfg)
+    layers: list[tuple[str, dict]] = []
     if preset:
         if preset not in presets:
             close = difflib.get_close_matches(preset, list(presets), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else f"; available: {', '.join(sorted(presets)) or 'none'}"
             raise ConfigError(f"unknown preset {preset!r}{hint}", preset)
-        cfg = merge(cfg, presets[preset], strict=True, source=f"preset {preset}")
+        layers.append((f"preset {preset}", presets[preset]))
     if config_file is not None:
         user = read_yaml(config_file)
         user.pop(PRESETS_KEY, None)
-        cfg = merge(cfg, user, strict=True, source=str(config_file))
-    for text in overrides:
-        cfg = merge(cfg, parse_override(text), strict=True, source=f"--set {text}")
+        layers.append((str(config_file), user))
+    layers += [(f"--set {text}", parse_override(text)) for text in overrides]
+    origins: dict[str, str] = {}
+    for source, layer in layers:  # each layer checked as it comes: a later one is type-checked against it
+        cfg = merge(cfg, layer, strict=True, source=source)
+        keys = set(_flat_keys(layer))
+        origins.update((key, source) for key in keys)
+        check_values(cfg, defaults=defaults, origins=origins, only=keys)
+    check_values(cfg, defaults=defaults, origins=origins)
     return cfg
+
+
+def drop_key(tree: dict, dotted: str) -> None:
+    """Remove tree['a']['b'] for 'a.b', in place (nothing when absent)."""
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        tree = tree.get(part) if isinstance(tree, dict) else None
+        if tree is None:
+            return
+    if isinstance(tree, dict):
+        tree.pop(leaf, None)
 
 
 def get(cfg: dict, dotted: str) -> Any:
@@ -192,5 +325,12 @@ def get(cfg: dict, dotted: str) -> Any:
     return node
 
 
+class _PlainDumper(yaml.SafeDumper):
+    """Writes a value used twice in full both times, never as an `&id001` anchor and alias."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
 def dump(cfg: dict) -> str:
-    return yaml.safe_dump(cfg, sort_keys=False, default_flow_style=None)
+    return yaml.dump(cfg, Dumper=_PlainDumper, sort_keys=False, default_flow_style=None)

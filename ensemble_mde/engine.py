@@ -13,6 +13,9 @@ TrainingInterrupted: the CLI prints how to resume and exits with 128 + the signa
 143), the shell's code for "stopped by that signal", so schedulers and `&&` chains see
 an unfinished run. A run that fails before its first checkpoint leaves no files behind.
 
+Files and messages count epochs from 1 (metrics.jsonl, summary.json's best_epoch, best.pt's
+epoch); TrainState, inside last.pt, keeps 0-based indices.
+
 Several processes (torchrun, `ensemble_mde.distributed`): DistributedDataParallel;
 train.batch_size is the global batch, split evenly over the ranks; every rank draws the
 same seeded order and takes its slice of each global batch; validation is sharded and
@@ -37,9 +40,9 @@ import torch
 
 from ensemble_mde import distributed, runs
 from ensemble_mde.data import loader_workers
-from ensemble_mde.evaluation import evaluate_model
+from ensemble_mde.evaluation import evaluate_model, model_input_size
 from ensemble_mde.errors import ConfigError, EnsembleError
-from ensemble_mde.io import atomic_save, atomic_write_json
+from ensemble_mde.io import atomic_save, atomic_write_json, read_json, read_jsonl
 from ensemble_mde.metrics import HIGHER_IS_BETTER
 from ensemble_mde.progress import training_progress
 
@@ -154,11 +157,24 @@ def append_jsonl(path: Path, record: dict) -> None:
 
 
 def truncate_jsonl_after(path: Path, step: int) -> None:
-    """Drop records logged after `step` (by a run that died after its last checkpoint)."""
+    """Drop records logged after `step` (by a run that died after its last checkpoint), and
+    a half-written line such a death can leave."""
     if not path.exists():
         return
-    keep = [line for line in path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step]
-    path.write_text("".join(line + "\n" for line in keep))
+    records, _ = read_jsonl(path)
+    path.write_text("".join(json.dumps(r) + "\n" for r in records if r.get("step", 0) <= step))
+
+
+def steps_per_epoch(n_samples: int, batch_size: int, max_steps: int = 0) -> int:
+    """Optimiser steps in one epoch over `n_samples` (whole batches only; at most max_steps
+    when > 0). A ConfigError when the split holds less than one batch."""
+    steps = n_samples // batch_size
+    if max_steps:
+        steps = min(steps, int(max_steps))
+    if steps < 1:
+        raise ConfigError(f"train split has {n_samples} samples, fewer than one batch of {batch_size}",
+                          "train.batch_size")
+    return steps
 
 
 def discard_unstarted_run(run_dir: Path) -> None:
@@ -231,8 +247,9 @@ def validate(model: torch.nn.Module, val_set, cfg: dict, device: torch.device, e
     shard = val_set
     if distributed.world_size() > 1:
         shard = torch.utils.data.Subset(val_set, distributed.shard_indices(len(val_set)))
-    acc = evaluate_model(model, shard, device=device, batch_size=int(cfg["train"]["val_batch_size"]),
-                         eigen_crop=eigen_crop, min_depth=cfg["data"]["min_depth"], max_depth=cfg["data"]["max_depth"])
+    acc = evaluate_model(model, shard, device=device, input_size=model_input_size(cfg),
+                         batch_size=int(cfg["train"]["val_batch_size"]), eigen_crop=eigen_crop,
+                         min_depth=cfg["data"]["min_depth"], max_depth=cfg["data"]["max_depth"])
     acc.per_image = distributed.gather_lists(acc.per_image)
     return acc.compute()
 
@@ -284,13 +301,8 @@ def train(model: torch.nn.Module, cfg: dict, train_set, val_set, run_dir: Path, 
     if batch_size % world:
         raise ConfigError(f"train.batch_size {batch_size} is the global batch; it must split evenly over "
                           f"{world} processes", "train.batch_size")
-    steps_per_epoch = len(train_set) // batch_size
-    if tc["max_steps_per_epoch"]:
-        steps_per_epoch = min(steps_per_epoch, int(tc["max_steps_per_epoch"]))
-    if steps_per_epoch < 1:
-        raise ConfigError(f"train split has {len(train_set)} samples, fewer than one batch of {batch_size}",
-                          "train.batch_size")
-    total_steps = steps_per_epoch * int(tc["epochs"])
+    epoch_steps = steps_per_epoch(len(train_set), batch_size, tc["max_steps_per_epoch"])
+    total_steps = epoch_steps * int(tc["epochs"])
 
     # Optimiser and one-cycle schedule (per step).
     groups = param_groups if param_groups is not None else [p for p in model.parameters() if p.requires_grad]
@@ -332,7 +344,7 @@ def train(model: torch.nn.Module, cfg: dict, train_set, val_set, run_dir: Path, 
     max_bad = int(tc.get("skip_bad_batches", 0))  # .get: configs of runs started before the key existed
     clip = float(tc["grad_clip"]) or math.inf
     if state.epoch >= int(tc["epochs"]) and (run_dir / "summary.json").is_file():
-        return json.loads((run_dir / "summary.json").read_text())  # resumed a finished run
+        return read_json(run_dir / "summary.json")  # resumed a finished run
 
     try:
         with StopRequest() as stop, training_progress(enabled=progress and main) as bar:
@@ -352,7 +364,7 @@ def train(model: torch.nn.Module, cfg: dict, train_set, val_set, run_dir: Path, 
                 net.train()
                 started = time.perf_counter()
                 for batch in loader:
-                    if state.batch_in_epoch >= steps_per_epoch:
+                    if state.batch_in_epoch >= epoch_steps:
                         break
                     batch = move_batch(batch, device)
                     buffers = snapshot_buffers(model)
@@ -393,7 +405,7 @@ def train(model: torch.nn.Module, cfg: dict, train_set, val_set, run_dir: Path, 
                         state.batch_in_epoch += 1
                         say(f"skipped a bad batch: {problem} at {where} ({state.bad_batches} of at most {max_bad})")
                         if main:
-                            append_jsonl(log_path, {"type": "skip", "epoch": epoch, "step": state.step,
+                            append_jsonl(log_path, {"type": "skip", "epoch": epoch + 1, "step": state.step,
                                                     "batch": state.batch_in_epoch, "reason": problem})
                         continue
                     optimizer.step()
@@ -404,8 +416,8 @@ def train(model: torch.nn.Module, cfg: dict, train_set, val_set, run_dir: Path, 
                     lr = optimizer.param_groups[-1]["lr"]
                     bar.update(task, advance=1, loss=mean_terms["total"], lr=lr,
                                description=f"epoch {epoch + 1}/{tc['epochs']}")
-                    if main and (state.step % int(tc["log_every"]) == 0 or state.batch_in_epoch == steps_per_epoch):
-                        append_jsonl(log_path, {"type": "train", "epoch": epoch, "step": state.step, "lr": lr,
+                    if main and (state.step % int(tc["log_every"]) == 0 or state.batch_in_epoch == epoch_steps):
+                        append_jsonl(log_path, {"type": "train", "epoch": epoch + 1, "step": state.step, "lr": lr,
                                                 **mean_terms})
                     if tc["checkpoint_every"] and state.step % int(tc["checkpoint_every"]) == 0:
                         state.train_seconds += time.perf_counter() - started
@@ -419,7 +431,7 @@ def train(model: torch.nn.Module, cfg: dict, train_set, val_set, run_dir: Path, 
                 if improved:
                     state.best_value, state.best_epoch = metrics[best_metric], epoch
                 if main:
-                    append_jsonl(log_path, {"type": "val", "epoch": epoch, "step": state.step, **metrics,
+                    append_jsonl(log_path, {"type": "val", "epoch": epoch + 1, "step": state.step, **metrics,
                                             "best": improved})
                 say(f"epoch {epoch + 1}: " + "  ".join(f"{k} {metrics[k]:.4f}" for k in ("rmse", "abs_rel", "d1"))
                     + ("  (best)" if improved else ""))
@@ -427,7 +439,7 @@ def train(model: torch.nn.Module, cfg: dict, train_set, val_set, run_dir: Path, 
                 state.batch_in_epoch = 0
                 state.last_val = metrics
                 if improved and main:
-                    atomic_save(runs.checkpoint_payload(model, cfg, kind=cfg.get("kind", "base"), epoch=epoch,
+                    atomic_save(runs.checkpoint_payload(model, cfg, kind=cfg.get("kind", "base"), epoch=epoch + 1,
                                                         step=state.step, metrics=metrics), run_dir / "best.pt")
                 save_last()
                 if state.epoch < int(tc["epochs"]) and distributed.sum_over_ranks([bool(stop.signum)], device)[0]:
@@ -437,7 +449,7 @@ def train(model: torch.nn.Module, cfg: dict, train_set, val_set, run_dir: Path, 
             discard_unstarted_run(run_dir)
         raise
     summary = {"epochs": state.epoch, "steps": state.step, "best_metric": best_metric,
-               "best_value": state.best_value, "best_epoch": state.best_epoch, "last_val": state.last_val,
+               "best_value": state.best_value, "best_epoch": state.best_epoch + 1, "last_val": state.last_val,
                "train_seconds": round(state.train_seconds, 3), "bad_batches_skipped": state.bad_batches,
                "world_size": world}
     if main:

@@ -16,10 +16,12 @@ def model_input_size(cfg: dict) -> tuple[int, int] | None:
 
 
 def resize_rgb(rgb: torch.Tensor, size: tuple[int, int] | None) -> torch.Tensor:
-    """[B,3,H,W] -> [B,3,*size] bilinear (no-op when size is None or already equal)."""
+    """[B,3,H,W] -> [B,3,*size] bilinear, antialiased when shrinking (no-op when size is None
+    or already equal). The one RGB resize of the toolkit: the dataset's frames, evaluation,
+    prediction and each base inside an ensemble, so a model sees the same pixels everywhere."""
     if size is None or tuple(rgb.shape[-2:]) == tuple(size):
         return rgb
-    return F.interpolate(rgb, size=tuple(size), mode="bilinear", align_corners=False).clamp_(0, 1)
+    return F.interpolate(rgb, size=tuple(size), mode="bilinear", align_corners=False, antialias=True).clamp_(0, 1)
 
 
 def predict_depth(model: torch.nn.Module, rgb: torch.Tensor, *, input_size=None, flip: bool = False,

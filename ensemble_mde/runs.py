@@ -11,15 +11,21 @@ Checkpoint payload (a plain dict, loadable with weights_only=True):
 from __future__ import annotations
 
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
 from ensemble_mde import config as config_mod
+from ensemble_mde import distributed
 from ensemble_mde.errors import CheckpointError, ConfigError, EnsembleError
-from ensemble_mde.io import atomic_write_text, load_checkpoint
+from ensemble_mde.io import atomic_write_text, exclusive_lock, load_checkpoint
 
 CHECKPOINT_FORMAT = "ensemble-mde/1"
+LOCK_FILE = ".lock"          # held (fcntl.flock) by the process training into the run folder
+FINISHED_RUN_FILES = ("best.pt", "last.pt", "summary.json")
+RUN_OUTPUTS = (*FINISHED_RUN_FILES, "metrics.jsonl", "config.yaml")
 
 
 def run_dir_for(cfg: dict, default_name: str) -> Path:
@@ -42,6 +48,34 @@ def check_writable(run_dir: Path) -> None:
     except OSError as e:
         raise ConfigError(f"cannot write run folder {folder} ({e.strerror}); choose another --out or "
                           "run.runs_dir", existing) from None
+
+
+@contextmanager
+def training_into(run_dir: Path, *, resume: bool = False, force: bool = False) -> Iterator[None]:
+    """While a run trains into `run_dir`: an exclusive lock on the folder, so a second process
+    gets one line naming the first one's pid instead of interleaving its metrics and replacing
+    its checkpoints (rank 0 alone under torchrun: the other ranks write nothing). A folder
+    that holds a run is refused unless `resume` (continue it) or `force` (its files are
+    removed first). A folder made here is removed again if the run left nothing in it."""
+    run_dir = Path(run_dir)
+    if not distributed.is_main():
+        yield
+        return
+    made = not run_dir.exists()
+    try:
+        with exclusive_lock(run_dir / LOCK_FILE, f"run folder {run_dir}",
+                            "wait for that run to finish, or choose another --out"):
+            held = [name for name in FINISHED_RUN_FILES if (run_dir / name).exists()]
+            if held and not resume:
+                if not force:
+                    raise CheckpointError(f"run folder already holds a run ({', '.join(held)}); pass --resume to "
+                                          "continue it or --force to overwrite it", run_dir)
+                for name in RUN_OUTPUTS:
+                    (run_dir / name).unlink(missing_ok=True)
+            yield
+    finally:
+        if made and run_dir.is_dir() and not any(run_dir.iterdir()):
+            run_dir.rmdir()
 
 
 def resume_config(run_dir: Path, cfg: dict, kind: str = "base") -> dict:

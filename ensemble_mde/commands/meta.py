@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ensemble_mde.commands.train import add_training_options, note_ignored_on_resume
+from ensemble_mde.commands.train import add_run_folder_options, add_training_options, note_ignored_on_resume
 
 
 def register(sub) -> None:
@@ -21,7 +21,7 @@ def register(sub) -> None:
                    help="base run folders (simultaneous: also learner names); default: newest adabins, bts, ldrn runs")
     p.add_argument("--base-lr-factor", type=float, dest="base_lr_factor", help="finetune: base lr = lr x this")
     add_training_options(p)
-    p.add_argument("--resume", action="store_true", help="continue from the run folder's last.pt")
+    add_run_folder_options(p)
     p.set_defaults(func=cmd_train_meta)
 
 
@@ -40,7 +40,8 @@ def cmd_train_meta(args) -> int:
     console = output_console()
     if args.resume:
         note_ignored_on_resume(runs.run_dir_for(cfg, run_name(cfg)), overrides, console.print)
-    run_dir, summary = train_meta(cfg, resume=args.resume, progress=not args.no_progress, say=console.print)
+    run_dir, summary = train_meta(cfg, resume=args.resume, force=args.force, progress=not args.no_progress,
+                                  say=console.print)
     last = summary["last_val"]
     console.print(f"[bold]meta {cfg['meta']['inputs']} {cfg['ensemble']['mode']}[/] -> {run_dir}  best "
                   f"{summary['best_metric']} {summary['best_value']:.4f}; last val rmse {last['rmse']:.4f} "

@@ -21,12 +21,19 @@ def add_training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def add_run_folder_options(p: argparse.ArgumentParser) -> None:
+    """What to do with a run folder that already holds a run (by default: refuse)."""
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--resume", action="store_true", help="continue from the run folder's last.pt")
+    group.add_argument("--force", action="store_true", help="overwrite the run already in the run folder")
+
+
 def register(sub) -> None:
     p = sub.add_parser("train-base", help="train a base learner (adabins, bts, ldrn, meter_xxs ...)",
                        description="Train a base learner; writes runs/<name>/ with config, checkpoints, metrics.")
     p.add_argument("name", help="learner name (see `ensemble profile --list`)")
     add_training_options(p)
-    p.add_argument("--resume", action="store_true", help="continue from the run folder's last.pt")
+    add_run_folder_options(p)
     p.set_defaults(func=cmd_train_base)
 
     p = sub.add_parser("lr-find", help="LR range test: suggests a learning rate and plots the curve",
@@ -68,10 +75,10 @@ def cmd_train_base(args) -> int:
     console = output_console()
     if args.resume:
         note_ignored_on_resume(runs.run_dir_for(cfg, cfg["model"]["name"]), overrides, console.print)
-    run_dir, summary = train_base(cfg, resume=args.resume, progress=not args.no_progress)
+    run_dir, summary = train_base(cfg, resume=args.resume, force=args.force, progress=not args.no_progress)
     last = summary["last_val"]
     console.print(f"[bold]{cfg['model']['name']}[/] -> {run_dir}  best {summary['best_metric']} "
-                  f"{summary['best_value']:.4f} (epoch {summary['best_epoch'] + 1}); last val rmse "
+                  f"{summary['best_value']:.4f} (epoch {summary['best_epoch']}); last val rmse "
                   f"{last['rmse']:.4f} abs_rel {last['abs_rel']:.4f} d1 {last['d1']:.4f}")
     return 0
 

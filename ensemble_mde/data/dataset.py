@@ -11,6 +11,7 @@ resizes it to `data.size` and augments it.
 
 from __future__ import annotations
 
+import hashlib
 from importlib import resources
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from ensemble_mde.data.augment import augment_rng, augment_sample
 from ensemble_mde.data.readers import NYU_FOCAL, NYU_WIDTH, Record
 from ensemble_mde.data.synth import usable_cpus
 from ensemble_mde.errors import ConfigError, DataError
+from ensemble_mde.evaluation import resize_rgb
 
 SPLITS = ("train", "val", "test")
 LABELED_FRAMES = 1449
@@ -34,8 +36,17 @@ LABELED_SCENE_BLOCK = 10  # frames per pseudo-scene when the .mat has no `scenes
 class ImagePairSource:
     """Sources whose frames are an RGB image file and a depth PNG in `self.store`."""
 
+    real_scenes = True  # scene names come from the files (see LabeledSource for pseudo-scenes)
+
+    def present(self, record: Record) -> bool:
+        return self.store.exists(record.rgb) and self.store.exists(record.depth)
+
     def missing(self, records: list[Record]) -> list[str]:
-        return [self.store.where(k) for r in records for k in (r.rgb, r.depth) if not self.store.exists(k)]
+        """The files of `records` that do not exist, as shown to the user."""
+        return [self.where_missing(k) for r in records for k in (r.rgb, r.depth) if not self.store.exists(k)]
+
+    def where_missing(self, key: str) -> str:
+        return self.store.where(key)
 
     def load(self, record: Record) -> tuple[torch.Tensor, np.ndarray, str]:
         rgb = readers.load_rgb(self.store.read(record.rgb), self.store.where(record.rgb))
@@ -77,12 +88,17 @@ class DenseDepthSource(ImagePairSource):
     def has(self, split: str) -> bool:
         return self.store.exists(self._key(readers.DENSEDEPTH_CSV[split]))
 
+    def identity(self) -> list[bytes]:
+        """The bytes that identify this dataset's contents: its CSVs and synthetic marker."""
+        keys = [self._key(rel) for rel in (*readers.DENSEDEPTH_CSV.values(), readers.SYNTHETIC_MARKER)]
+        return [key.encode("utf-8") + b"\0" + self.store.read(key) for key in keys if self.store.exists(key)]
+
     def records(self, split: str) -> list[Record]:
         if not self.has(split):
             raise DataError(f"no {split} split: {readers.DENSEDEPTH_CSV[split]} is missing", self.root)
         key = self._key(readers.DENSEDEPTH_CSV[split])
         try:
-            text = self.store.read(key).decode("utf-8")
+            text = self.store.read(key).decode("utf-8-sig")  # a byte order mark is not part of a path
         except UnicodeDecodeError:
             raise DataError("not a UTF-8 text file", self.store.where(key)) from None
         out = []
@@ -115,6 +131,7 @@ class BtsSource(ImagePairSource):
         self.cfg = cfg_data
         self.root = str(self.path)
         self.store = readers.FolderStore()
+        self._listed: dict[str, str] = {}  # key -> the path as listed, for paths listed with a leading "/"
 
     def _list(self, split: str) -> Path:
         key = "test" if split == "test" else "train"
@@ -146,6 +163,11 @@ class BtsSource(ImagePairSource):
             return False
         return True
 
+    def identity(self) -> list[bytes]:
+        """The bytes that identify this dataset's contents: its list files."""
+        lists = [self._list(split) for split in ("train", "test") if self.has(split)]
+        return [str(p).encode("utf-8") + b"\0" + p.read_bytes() for p in lists]
+
     def _image_root(self, split: str, list_file: Path, first_rgb: str | None) -> Path:
         configured = self.cfg.get("test_root" if split == "test" else "train_root")
         if configured:
@@ -159,9 +181,21 @@ class BtsSource(ImagePairSource):
     def records(self, split: str) -> list[Record]:
         list_file = self._list(split)
         rows = readers.read_bts_list(list_file)
-        root = self._image_root(split, list_file, rows[0][0] if rows else None)
-        return [Record(name=rgb.rsplit(".", 1)[0], scene=rgb.split("/", 1)[0], rgb=str(root / rgb),
-                       depth=str(root / depth), focal=focal) for rgb, depth, focal in rows]
+        root = self._image_root(split, list_file, rows[0][0].lstrip("/") if rows else None)
+        out = []
+        for rgb, depth, focal in rows:
+            keys = [readers.listed_path(root, listed) for listed in (rgb, depth)]
+            for key, listed in zip(keys, (rgb, depth)):
+                if listed.startswith("/"):
+                    self._listed[key] = listed
+            rel = rgb.lstrip("/")
+            out.append(Record(name=rel.rsplit(".", 1)[0], scene=Path(rel).parent.name or rel, rgb=keys[0],
+                              depth=keys[1], focal=focal))
+        return out
+
+    def where_missing(self, key: str) -> str:
+        listed = self._listed.get(key)
+        return key if listed is None else f"{listed} (looked for as listed and as {key})"
 
 
 class LabeledSource:
@@ -182,9 +216,15 @@ class LabeledSource:
         if self.mat.frames != LABELED_FRAMES:
             raise DataError(f"has {self.mat.frames} frames; the official NYU split needs {LABELED_FRAMES}", path)
         self._scenes = self.mat.scenes()
+        self.real_scenes = self._scenes is not None
 
     def listing(self, split: str) -> str:
         return f"nyu_labeled_{'test' if split == 'test' else 'train'}.txt (packaged official split)"
+
+    def identity(self) -> list[bytes]:
+        """What identifies the .mat without reading its 2.8 GB: its size and modification time."""
+        stat = Path(self.root).stat()
+        return [f"{stat.st_size}:{stat.st_mtime_ns}".encode("ascii")]
 
     def has(self, split: str) -> bool:
         return split in ("train", "test")
@@ -204,6 +244,9 @@ class LabeledSource:
                 scene = f"frames_{start:04d}-{start + LABELED_SCENE_BLOCK - 1:04d}"
             out.append(Record(name=f"{number:04d}", scene=scene, rgb=f"images/{i}", depth=f"{depth_set}/{i}"))
         return out
+
+    def present(self, record: Record) -> bool:
+        return True
 
     def missing(self, records: list[Record]) -> list[str]:
         return []
@@ -226,6 +269,17 @@ def open_source(cfg_data: dict):
     if fmt == "bts":
         return BtsSource(cfg_data)
     return LabeledSource(path)
+
+
+def data_fingerprint(cfg_data: dict) -> str:
+    """Hex SHA-256 of the dataset cfg_data names, cheap to compute: its format and what each
+    source lists (CSV or list files and the synthetic marker; a .mat's size and time). A
+    re-rendered or re-listed dataset gets another one; an image edited in place does not."""
+    source = open_source(cfg_data)
+    digest = hashlib.sha256(source.format.encode("utf-8"))
+    for part in source.identity():
+        digest.update(hashlib.sha256(part).digest())
+    return digest.hexdigest()
 
 
 # --------------------------------------------------------------------------- splits
@@ -260,6 +314,22 @@ def split_records(source, split: str, cfg_data: dict) -> list[Record]:
     return [r for r in train if (r.scene in val_scenes) == (split == "val")]
 
 
+def repeated_frames(records: list[Record]) -> list[str]:
+    """The RGB keys listed more than once in `records`, each once, in listing order."""
+    seen: set[str] = set()
+    repeated: list[str] = []
+    for r in records:
+        if r.rgb in seen and r.rgb not in repeated:
+            repeated.append(r.rgb)
+        seen.add(r.rgb)
+    return repeated
+
+
+def plural(n: int, noun: str) -> str:
+    """'1 scene', '2 scenes'."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 # --------------------------------------------------------------------------- dataset
 
 def _frame_size(cfg_data: dict) -> tuple[int, int] | None:
@@ -271,14 +341,17 @@ def _frame_size(cfg_data: dict) -> tuple[int, int] | None:
     return int(size[0]), int(size[1])
 
 
-def resize_frame(rgb: torch.Tensor, depth: torch.Tensor, focal: float, size: tuple[int, int]):
-    """RGB bilinear (antialiased), depth nearest (no blending across edges, holes stay 0);
-    focal scales with the width."""
+def resize_frame(rgb: torch.Tensor, depth: torch.Tensor, focal: float, size: tuple[int, int],
+                 resize_depth: bool = True):
+    """RGB bilinear (antialiased), depth nearest (no blending across edges, holes stay 0)
+    unless resize_depth is False (GT kept at its own resolution, for scoring); focal scales
+    with the width."""
     h, w = rgb.shape[-2:]
     if (h, w) == tuple(size):
         return rgb, depth, focal
-    rgb = F.interpolate(rgb[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0].clamp_(0, 1)
-    depth = F.interpolate(depth[None], size=size, mode="nearest")[0]
+    rgb = resize_rgb(rgb[None], size)[0]
+    if resize_depth:
+        depth = F.interpolate(depth[None], size=size, mode="nearest")[0]
     return rgb, depth, focal * size[1] / w
 
 
@@ -286,10 +359,13 @@ class DepthDataset(torch.utils.data.Dataset):
     """Frames of one split as sample dicts: rgb float32 [3,H,W] in [0,1], depth float32
     [1,H,W] metres (0 = invalid), name (unique id), scene, focal (px, scaled with any
     resize), index. Frames are resized to `size` when given, then augmented when
-    `augment_cfg` is given (seeded per (seed, epoch, index): see `set_epoch`)."""
+    `augment_cfg` is given (seeded per (seed, epoch, index): see `set_epoch`). native_gt: the
+    depth stays at the stored resolution while RGB is resized (what scoring needs: the NYU
+    protocol compares with the GT as it is)."""
 
     def __init__(self, records: list[Record], source, *, split: str, size: tuple[int, int] | None = None,
-                 augment_cfg: dict | None = None, seed: int = 0, min_depth: float = 1e-3, max_depth: float = 10.0):
+                 augment_cfg: dict | None = None, seed: int = 0, min_depth: float = 1e-3, max_depth: float = 10.0,
+                 native_gt: bool = False):
         self.records = list(records)
         self.source = source
         self.format = source.format
@@ -301,6 +377,7 @@ class DepthDataset(torch.utils.data.Dataset):
         self.seed = int(seed)
         self.epoch = 0
         self.min_depth, self.max_depth = float(min_depth), float(max_depth)
+        self.native_gt = bool(native_gt)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -328,7 +405,7 @@ class DepthDataset(torch.utils.data.Dataset):
         record = self.records[index]
         rgb, depth, focal, _ = self.load_frame(index)
         if self.size is not None:
-            rgb, depth, focal = resize_frame(rgb, depth, focal, self.size)
+            rgb, depth, focal = resize_frame(rgb, depth, focal, self.size, resize_depth=not self.native_gt)
         sample = {"rgb": rgb, "depth": depth, "name": record.name, "scene": record.scene,
                   "focal": focal, "index": index}
         if self.augment_cfg is not None:
@@ -337,14 +414,15 @@ class DepthDataset(torch.utils.data.Dataset):
 
     def gt_size(self) -> tuple[int, int]:
         """[H, W] of the ground truth this dataset returns (without augmentation)."""
-        if self.size is not None:
+        if self.size is not None and not self.native_gt:
             return self.size
         return tuple(self.load_frame(0)[1].shape[-2:])
 
 
-def build_dataset(cfg: dict, split: str, augment: bool | None = None) -> DepthDataset:
+def build_dataset(cfg: dict, split: str, augment: bool | None = None, native_gt: bool = False) -> DepthDataset:
     """The `split` ("train", "val", "test") of the dataset cfg["data"] describes. Every
-    listed file must exist. augment defaults to split == "train" and augment.enabled."""
+    listed file must exist. augment defaults to split == "train" and augment.enabled;
+    native_gt keeps the depth at its stored resolution (see DepthDataset)."""
     cfg_data = cfg["data"]
     source = open_source(cfg_data)
     records = split_records(source, split, cfg_data)
@@ -354,11 +432,20 @@ def build_dataset(cfg: dict, split: str, augment: bool | None = None) -> DepthDa
     if missing:
         more = f"; {len(missing) - 1} more missing" if len(missing) > 1 else ""
         raise DataError(f"file not found (listed in {source.listing(split)}{more})", missing[0])
+    repeated = repeated_frames(records)
+    if repeated:
+        raise DataError(repeated_message(repeated, source, split), source.where(repeated[0]))
     if augment is None:
         augment = split == "train" and bool(cfg["augment"]["enabled"])
     return DepthDataset(records, source, split=split, size=_frame_size(cfg_data),
                         augment_cfg=cfg["augment"] if augment else None, seed=int(cfg["run"]["seed"]),
-                        min_depth=float(cfg_data["min_depth"]), max_depth=float(cfg_data["max_depth"]))
+                        min_depth=float(cfg_data["min_depth"]), max_depth=float(cfg_data["max_depth"]),
+                        native_gt=native_gt)
+
+
+def repeated_message(repeated: list[str], source, split: str) -> str:
+    more = f"; {plural(len(repeated) - 1, 'other frame')} too" if len(repeated) > 1 else ""
+    return f"listed more than once in the {split} split ({source.listing(split)}{more}); remove the repeated lines"
 
 
 def eigen_crop_default(cfg_data: dict, dataset: DepthDataset) -> bool:

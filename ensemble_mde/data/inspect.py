@@ -1,5 +1,6 @@
 """What is in a dataset: `check_dataset` (format, splits, resolution, depth encoding and
-range, holes, bad files) and `show_samples` (a grid of RGB / colourised depth)."""
+range, holes, bad files, train/test overlap), `require_disjoint_test` (training's integrity
+check) and `show_samples` (a grid of RGB / colourised depth)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ensemble_mde.data.dataset import SPLITS, DepthDataset, build_dataset, open_source, split_records
+from ensemble_mde.data.dataset import (SPLITS, DepthDataset, build_dataset, open_source, plural, repeated_frames,
+                                       repeated_message, split_records)
 from ensemble_mde.errors import ConfigError, DataError
 
 
@@ -25,7 +27,7 @@ def evenly_spaced(n: int, k: int) -> list[int]:
 
 def _frame_stats(dataset: DepthDataset, indices: list[int], errors: list[str]) -> dict:
     sizes, encodings = Counter(), Counter()
-    zeros = pixels = 0
+    holes = non_finite = pixels = 0
     lo, hi = math.inf, -math.inf
     read = 0
     for i in indices:
@@ -38,43 +40,113 @@ def _frame_stats(dataset: DepthDataset, indices: list[int], errors: list[str]) -
         sizes[f"{rgb.shape[1]}x{rgb.shape[2]}"] += 1
         encodings[encoding] += 1
         d = depth.numpy()
-        zeros += int((d <= 0).sum())
+        measured = np.isfinite(d) & (d > 0)  # a hole: no depth (0 or less), NaN or +-inf
+        holes += int(d.size - measured.sum())
+        non_finite += int((~np.isfinite(d)).sum())
         pixels += d.size
-        positive = d[d > 0]
+        positive = d[measured]
         lo, hi = min(lo, float(positive.min())), max(hi, float(positive.max()))
     return {
         "read": read,
         "resolution": dict(sizes.most_common()),
         "depth_encoding": dict(encodings.most_common()),
         "depth_range_m": [round(lo, 4), round(hi, 4)] if read else None,
-        "hole_fraction": round(zeros / pixels, 4) if pixels else None,
+        "hole_fraction": round(holes / pixels, 4) if pixels else None,
+        "non_finite_fraction": round(non_finite / pixels, 4) if pixels else None,
     }
+
+
+def train_test_overlap(source) -> dict[str, list[str]]:
+    """What training (the train and val splits) shares with the test split: {"frames": RGB
+    files listed in both, "scenes": scene names in both (when the source's scenes are real,
+    not pseudo-scenes)}; empty when the source lacks a train or test split."""
+    if not (source.has("train") and source.has("test")):
+        return {"frames": [], "scenes": []}
+    test = source.records("test")
+    training = source.records("train") + (source.records("val") if source.has("val") else [])
+    frames = sorted({source.where(r.rgb) for r in training} & {source.where(r.rgb) for r in test})
+    scenes = sorted({r.scene for r in training} & {r.scene for r in test}) if source.real_scenes else []
+    return {"frames": frames, "scenes": scenes}
+
+
+def describe_overlap(overlap: dict[str, list[str]]) -> str | None:
+    """One line saying what train and test share (None when nothing)."""
+    parts = []
+    if overlap["frames"]:
+        n = len(overlap["frames"])
+        parts.append(f"{plural(n, 'test frame')} {'is' if n == 1 else 'are'} also listed for training "
+                     f"(e.g. {overlap['frames'][0]})")
+    if overlap["scenes"]:
+        n = len(overlap["scenes"])
+        parts.append(f"{plural(n, 'scene')} {'is' if n == 1 else 'are'} in both train and test "
+                     f"(e.g. {overlap['scenes'][0]})")
+    return "; ".join(parts) or None
+
+
+def require_disjoint_test(cfg_data: dict) -> None:
+    """Training refuses frames or scenes that the test split also lists, unless
+    data.allow_test_overlap is true: a test score measures generalisation only on frames
+    (and rooms) the model never saw."""
+    if cfg_data.get("allow_test_overlap"):
+        return
+    source = open_source(cfg_data)
+    problem = describe_overlap(train_test_overlap(source))
+    if problem:
+        raise DataError(f"{problem}: the test score would not measure generalisation; fix the lists, or set "
+                        "data.allow_test_overlap=true to train anyway", source.root)
 
 
 def check_dataset(cfg: dict, sample: int = 200) -> dict:
     """Report on the dataset cfg["data"] describes. Every listed file's existence is
     checked; up to `sample` evenly spaced frames per split are read for the statistics.
-    Problems go to report["errors"] (one line each, naming the file)."""
+    Problems go to report["errors"] (one line each, naming the file): missing or bad files,
+    a list file that cannot be read, an empty split, a frame listed twice, and frames or
+    scenes listed both for training and in the test split (report["overlap"])."""
     cfg_data = cfg["data"]
     source = open_source(cfg_data)
     report = {"path": str(cfg_data["path"]), "format": source.format, "synthetic": source.is_synthetic,
               "splits": {}, "errors": []}
+    unreadable = {}  # split -> why its own list file cannot be read
     for split in SPLITS:
+        if source.has(split):
+            try:
+                source.records(split)
+            except DataError as e:
+                unreadable[split] = str(e)
+    report["errors"] += list(unreadable.values())
+    for split in SPLITS:
+        carved = split == "val" and not source.has("val")
+        if split in unreadable or (carved and "train" in unreadable):
+            why = "carved from train, whose list cannot be read" if carved else unreadable[split]
+            report["splits"][split] = {"count": 0, "absent": why}
+            continue
         try:
             records = split_records(source, split, cfg_data)
         except DataError as e:
-            carved = split == "val" and not source.has("val") and "absent" in report["splits"]["train"]
-            report["splits"][split] = {"count": 0, "absent": "carved from train, which is absent" if carved else str(e)}
+            report["splits"][split] = {"count": 0, "absent": "carved from train, which is absent"
+                                       if carved and "absent" in report["splits"]["train"] else str(e)}
             continue
-        missing = source.missing(records)
-        report["errors"] += [str(DataError(f"file not found (listed in {source.listing(split)})", m)) for m in missing]
-        lost = set(missing)
-        present = [r for r in records if source.where(r.rgb) not in lost and source.where(r.depth) not in lost]
+        if not records:
+            report["errors"].append(str(DataError(f"the {split} split is empty ({source.listing(split)})",
+                                                  source.root)))
+        report["errors"] += [str(DataError(f"file not found (listed in {source.listing(split)})", m))
+                             for m in source.missing(records)]
+        repeated = repeated_frames(records)
+        if repeated and not carved:  # a repeat in train shows there (val is carved from it)
+            report["errors"].append(str(DataError(repeated_message(repeated, source, split),
+                                                  source.where(repeated[0]))))
+        present = [r for r in records if source.present(r)]
         dataset = DepthDataset(present, source, split=split, min_depth=float(cfg_data["min_depth"]),
                                max_depth=float(cfg_data["max_depth"]))
         report["splits"][split] = {"count": len(records), "scenes": len({r.scene for r in records}),
-                                   "missing_files": len(missing),
+                                   "missing_files": len(records) - len(present), "repeated": len(repeated),
                                    **_frame_stats(dataset, evenly_spaced(len(present), sample), report["errors"])}
+    overlap = train_test_overlap(source) if not unreadable else {"frames": [], "scenes": []}
+    report["overlap"] = {"frames": len(overlap["frames"]), "scenes": len(overlap["scenes"])}
+    problem = describe_overlap(overlap)
+    if problem:
+        report["errors"].append(str(DataError(f"{problem}: training refuses such a dataset unless "
+                                              "data.allow_test_overlap=true", source.root)))
     report["error_count"] = len(report["errors"])
     del report["errors"][MAX_REPORTED_ERRORS:]
     if all("absent" in s for s in report["splits"].values()):
@@ -96,8 +168,10 @@ def format_report(report: dict) -> str:
         lo_hi = s["depth_range_m"]
         depth = f"{lo_hi[0]:.2f}-{lo_hi[1]:.2f} m" if lo_hi else "-"
         holes = f"{100 * s['hole_fraction']:.1f}%" if s["hole_fraction"] is not None else "-"
-        lines.append(f"  {split:<5}  {s['count']} frames, {s['scenes']} scenes; {sizes or '-'} (HxW); "
-                     f"depth {encodings or '-'}, {depth}, holes {holes}; {s['read']} read")
+        if s.get("non_finite_fraction"):
+            holes += f" ({100 * s['non_finite_fraction']:.1f}% NaN or inf)"
+        lines.append(f"  {split:<5}  {plural(s['count'], 'frame')}, {plural(s['scenes'], 'scene')}; "
+                     f"{sizes or '-'} (HxW); depth {encodings or '-'}, {depth}, holes {holes}; {s['read']} read")
     if report["errors"]:
         lines.append(f"{report['error_count']} problem(s):")
         lines += [f"  {e}" for e in report["errors"][:20]]

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ensemble_mde.errors import ConfigError, DataError
 
@@ -76,11 +76,16 @@ def decode_image(data: bytes, where: str) -> Image.Image:
     return image
 
 
-def load_rgb(source: str | Path | bytes, where: str | None = None) -> torch.Tensor:
+def load_rgb(source: str | Path | bytes, where: str | None = None, upright: bool = False) -> torch.Tensor:
     """Image file (path or bytes) -> float32 [3,H,W] in [0,1]; grey, palette and RGBA
-    images are converted to RGB. `where` names the file in errors."""
+    images are converted to RGB. upright: turned as its EXIF orientation says (a phone photo
+    stores its pixels sideways and that tag; dataset frames are read as stored, like their
+    depth maps). `where` names the file in errors."""
     data, where = _image_bytes(source, where)
-    image = decode_image(data, where).convert("RGB")
+    image = decode_image(data, where)
+    if upright:
+        image = ImageOps.exif_transpose(image)
+    image = image.convert("RGB")
     array = np.asarray(image, dtype=np.uint8)
     return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
 
@@ -244,14 +249,15 @@ def _bts_line(line: str) -> tuple[str, str, float] | None:
         focal = float(parts[2])
     except ValueError:
         return None
-    return parts[0].lstrip("/"), parts[1].lstrip("/"), focal
+    return parts[0], parts[1], focal
 
 
 def read_bts_list(path: Path) -> list[tuple[str, str, float]]:
-    """BTS/AdaBins list: `<rgb> <depth> <focal>` per line, paths relative to an image
-    root (a leading slash is stripped)."""
+    """BTS/AdaBins list: `<rgb> <depth> <focal>` per line, the paths as listed (BTS writes
+    them relative to an image root with a leading slash: see `listed_path`). A UTF-8 byte
+    order mark is dropped."""
     try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
+        lines = Path(path).read_text(encoding="utf-8-sig").splitlines()
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"cannot read list file ({one_line(e)})", path) from None
     rows = []
@@ -270,13 +276,23 @@ def is_bts_list(path: Path) -> bool:
     if path.suffix.lower() != ".txt" or not path.is_file():
         return False
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:
             for line in f:
                 if line.strip():
                     return _bts_line(line) is not None
     except (OSError, UnicodeDecodeError):
         return False
     return False
+
+
+def listed_path(root: Path, listed: str) -> str:
+    """Where a listed image is: under the image root (BTS lists write `/scene/rgb_1.jpg`
+    relative to it), else, for a path that starts with `/` and exists as it is, that absolute
+    path; a file in neither place keys to its place under the root."""
+    under_root = Path(root) / listed.lstrip("/")
+    if listed.startswith("/") and not under_root.is_file() and Path(listed).is_file():
+        return listed
+    return str(under_root)
 
 
 def bts_lists_in(folder: Path) -> list[Path]:

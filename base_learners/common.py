@@ -45,3 +45,10 @@ class DepthLearner(nn.Module):
 
     def valid(self, depth: torch.Tensor) -> torch.Tensor:
         return valid_mask(depth, self.min_depth, self.max_depth)
+
+    def clamp_depth(self, depth: torch.Tensor) -> torch.Tensor:
+        """The depth a learner outputs: clipped to [min_depth, max_depth] metres, the range the
+        metrics score in (a depth of 0 or less would mean "no depth" in a saved PNG). The
+        gradient passes straight through, as if unclipped, so that a pixel outside the range
+        still learns its way back (the value is exactly the clipped one: x - x is 0)."""
+        return depth.clamp(self.min_depth, self.max_depth).detach() + (depth - depth.detach())

@@ -114,7 +114,7 @@ class GhostNetDepthLearner(DepthLearner):
         depth = outputs["depth"]
         if depth.shape[-2:] != x.shape[-2:]:
             depth = F.interpolate(depth, size=x.shape[-2:], mode="bilinear", align_corners=False)
-        return {**outputs, "depth": depth[..., :h, :w]}
+        return {**outputs, "depth": self.clamp_depth(depth[..., :h, :w])}
 
     def loss(self, outputs: dict[str, torch.Tensor], batch: dict) -> dict[str, torch.Tensor]:
         """SILog (BTS/AdaBins, variance focus 0.85, x10) over valid GT pixels."""

@@ -238,8 +238,8 @@ class METER(DepthLearner):
     """METER depth network. forward(rgb [B,3,H,W] in [0,1]) -> {"depth": [B,1,H,W] metres}.
 
     The network predicts at 1/4 of the (padded) input; the map is upsampled bilinearly to
-    the input resolution. No output activation (as in the official model): evaluation
-    clips to [min_depth, max_depth].
+    the input resolution. No output activation (as in the official model): the depth is
+    clipped to [min_depth, max_depth] (DepthLearner.clamp_depth).
     """
 
     input_multiple = INPUT_MULTIPLE  # inputs are padded to this multiple (selectivity crops the padding out)
@@ -260,7 +260,7 @@ class METER(DepthLearner):
         features, skips = self.encoder(x)
         native = self.decoder(features, skips)
         depth = F.interpolate(native, size=x.shape[-2:], mode="bilinear", align_corners=False)
-        return {"depth": depth[..., :h, :w]}
+        return {"depth": self.clamp_depth(depth[..., :h, :w])}
 
     def loss(self, outputs: dict[str, torch.Tensor], batch: dict) -> dict[str, torch.Tensor]:
         """METER's balanced loss (L1 + 0.5 gradient + normal + SSIM) on valid GT pixels."""

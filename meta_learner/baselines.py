@@ -5,9 +5,17 @@ One interface: `forward(base_depths [B,K,H,W] metres, gt [B,1,H,W] | None) -> de
 - MeanEnsemble: the simple average (the paper's "Baseline").
 - MedianEnsemble: the per-pixel median (mean of the two middle values for even K).
 - WeightedEnsemble: fixed weights proportional to 1 / validation RMSE, normalised.
-- OracleEnsemble: per pixel the base closest to the ground truth; needs GT, so it is an
-  upper bound for reports (`upper_bound = True`), never a method. Where GT is invalid it
-  falls back to the mean.
+- OracleEnsemble (selection oracle): per pixel the base closest to the ground truth. No
+  single base has a smaller per-pixel absolute error; it bounds selecting one base per
+  pixel, not blends, and not log or ratio metrics of an image (a near-zero base that wins
+  on near pixels can ruin RMSE log).
+- ConvexOracleEnsemble (convex oracle): per pixel the GT clipped into [min_k D_k, max_k D_k],
+  the best any per-pixel convex blend can do (the meta-learner's softmax weights, the mean,
+  the median, fixed weights): none of them has a smaller per-pixel absolute error, nor,
+  since the clipped value is also the nearest in log and in ratio, a worse score on any
+  metric built from per-pixel terms (all but SILog).
+Both need GT, so they are upper bounds for reports (`upper_bound = True`), never methods.
+Where GT is invalid they fall back to the mean.
 """
 
 from __future__ import annotations
@@ -57,7 +65,7 @@ class WeightedEnsemble(AveragingBaseline):
 
 
 class OracleEnsemble(AveragingBaseline):
-    """Per pixel the base depth nearest the GT (an upper bound: it looks at the answer)."""
+    """Per pixel the base depth nearest the GT (the selection oracle: it looks at the answer)."""
 
     needs_gt = True
     upper_bound = True
@@ -68,14 +76,25 @@ class OracleEnsemble(AveragingBaseline):
 
     def forward(self, base_depths: torch.Tensor, gt: torch.Tensor | None = None) -> torch.Tensor:
         if gt is None:
-            raise ModelError("the oracle baseline needs the ground-truth depth")
+            raise ModelError(f"{type(self).__name__} needs the ground-truth depth")
         if gt.shape[-2:] != base_depths.shape[-2:]:
-            raise ModelError(f"oracle: GT {tuple(gt.shape)} and base depths {tuple(base_depths.shape)} "
-                             "differ in size; resize the predictions to the GT first")
-        nearest = (base_depths - gt).abs().argmin(dim=1, keepdim=True)
-        best = base_depths.gather(1, nearest)
-        return torch.where(valid_mask(gt, self.min_depth, self.max_depth), best,
+            raise ModelError(f"{type(self).__name__}: GT {tuple(gt.shape)} and base depths "
+                             f"{tuple(base_depths.shape)} differ in size; resize the predictions to the GT first")
+        return torch.where(valid_mask(gt, self.min_depth, self.max_depth), self.nearest(base_depths, gt),
                            base_depths.mean(dim=1, keepdim=True))
+
+    def nearest(self, base_depths: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+        """[B,1,H,W]: per pixel the base depth nearest `gt`."""
+        return base_depths.gather(1, (base_depths - gt).abs().argmin(dim=1, keepdim=True))
+
+
+class ConvexOracleEnsemble(OracleEnsemble):
+    """Per pixel the GT clipped into [min_k D_k, max_k D_k] (the convex oracle)."""
+
+    def nearest(self, base_depths: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+        """[B,1,H,W]: per pixel the point of the bases' convex hull nearest `gt`."""
+        return torch.minimum(torch.maximum(gt, base_depths.amin(dim=1, keepdim=True)),
+                             base_depths.amax(dim=1, keepdim=True))
 
 
 class BaselineOverBases(nn.Module):
@@ -94,4 +113,5 @@ class BaselineOverBases(nn.Module):
         return {"depth": self.baseline(base_depths), "base_depths": base_depths}
 
 
-BASELINES = {"mean": MeanEnsemble, "median": MedianEnsemble, "weighted": WeightedEnsemble, "oracle": OracleEnsemble}
+BASELINES = {"mean": MeanEnsemble, "median": MedianEnsemble, "weighted": WeightedEnsemble, "oracle": OracleEnsemble,
+             "convex": ConvexOracleEnsemble}

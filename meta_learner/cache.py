@@ -2,12 +2,15 @@
 un-augmented frames, and meta-learner epochs read their depth maps from an HDF5 file.
 
 File: `<cache_dir>/preds-<key>.h5`, one chunked float16 array `depths` [N,K,H,W] (metres,
-one chunk per sample, at the dataset's frame resolution) and `names` [N] (sample names, in
-dataset order). The key is a SHA-256 of the base checkpoints' hashes
+one chunk per sample, at the dataset's frame resolution: each base runs at its own input
+size and its depth is resampled to the frame) and `names` [N] (sample names, in dataset
+order). The key is a SHA-256 of the base checkpoints' hashes
 (`ensemble_mde.io.file_sha256`) and the data identity (`data_identity`): a changed base
 checkpoint or data split gives another file. The key is also stored in the file's attrs
-and checked on open; a stale or unreadable file is rebuilt. A fill writes a temporary file
-and renames it when complete, so a killed fill never leaves a half cache behind.
+and checked on open; a stale or unreadable file is rebuilt. A fill holds an exclusive lock
+(`.<file>.lock`, fcntl.flock: a second process gets one line naming the filler's pid) and
+writes a temporary file that it renames when complete, so a killed fill never leaves a half
+cache behind.
 Size: N*K*H*W*2 bytes (24,231 frames x 3 learners at 480x640: 44.7 GB; set data.size to
 cache smaller frames).
 
@@ -27,10 +30,12 @@ import numpy as np
 import torch
 
 from ensemble_mde.data.augment import augment_rng, augment_sample
-from ensemble_mde.errors import DataError, ModelError
+from ensemble_mde.errors import DataError
+from ensemble_mde.io import exclusive_lock
 from ensemble_mde.progress import task_progress
+from meta_learner.ensemble import run_bases
 
-CACHE_FORMAT = "ensemble-mde-cache/1"
+CACHE_FORMAT = "ensemble-mde-cache/2"  # 2: each base at its own input size (1 ran all at the frame size)
 KEY_CHARS = 24  # hex characters of the key in the file name
 
 
@@ -49,16 +54,6 @@ def data_identity(root: str | Path, data_format: str, split: str, names: list[st
 def cache_key(base_hashes: list[str], data_id: str) -> str:
     """Hex SHA-256 of the ordered base checkpoint hashes and the data identity."""
     return _sha256_json({"format": CACHE_FORMAT, "bases": [str(h) for h in base_hashes], "data": str(data_id)})
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)          # signal 0: existence check only
-    except ProcessLookupError:
-        return False
-    except PermissionError:      # alive, owned by someone else
-        pass
-    return True
 
 
 def _collate_frames(samples: list[dict]) -> dict:
@@ -110,6 +105,11 @@ class PredictionCache:
             self.path.unlink(missing_ok=True)
         return ok
 
+    @property
+    def lock_path(self) -> Path:
+        """The lock file a fill holds (fcntl.flock) while it runs."""
+        return self.path.parent / f".{self.path.name}.lock"
+
     def _handle(self) -> h5py.File:
         if not self.complete:
             raise DataError("the prediction cache is not filled yet; call fill() first", self.path)
@@ -144,27 +144,30 @@ class PredictionCache:
         """Base depths of sample `index`: float32 [K,H,W] metres."""
         return torch.from_numpy(self._handle()["depths"][int(index)].astype(np.float32))
 
-    def _remove_dead_partials(self) -> None:
-        """Temp files of fills whose process is gone (killed mid-fill)."""
-        for partial in self.path.parent.glob(f".{self.path.name}.*.partial"):
-            pid = partial.name[len(self.path.name) + 2:-len(".partial")]
-            if not pid.isdigit() or not _pid_alive(int(pid)):
-                partial.unlink(missing_ok=True)
-
-    @torch.inference_mode()
     def fill(self, dataset, bases: list[torch.nn.Module], device: torch.device | str = "cpu", batch_size: int = 8,
-             progress: bool = True, workers: int = 0,
+             progress: bool = True, workers: int = 0, input_sizes: list | None = None,
              label: str = "caching base predictions") -> "PredictionCache":
         """Run the bases (put in eval mode, on `device`) once over the un-augmented `dataset`
-        and write their depths; does nothing when the cache is already complete. `label`
+        and write their depths; does nothing when the cache is already complete. Base k sees
+        each frame resized to input_sizes[k] ([H, W] or None: the frame as it is). `label`
         names the progress bar."""
         if self.complete:
             return self
         require_unaugmented(dataset)
         self.close()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._remove_dead_partials()
+        with exclusive_lock(self.lock_path, f"prediction cache {self.path}",
+                            "wait until it is filled, then run this again"):
+            self.complete = self._verify()  # filled by the process that held the lock before us
+            if not self.complete:
+                for partial in self.path.parent.glob(f".{self.path.name}.*.partial"):
+                    partial.unlink()  # left by a fill that died: no fill runs without the lock
+                self._write(dataset, bases, device, batch_size, progress, workers, input_sizes, label)
+        return self
+
+    @torch.inference_mode()
+    def _write(self, dataset, bases, device, batch_size, progress, workers, input_sizes, label) -> None:
         bases = [base.to(device).eval() for base in bases]
+        labels = [f"base {i}" for i in range(len(bases))]
         loader = torch.utils.data.DataLoader(dataset, batch_size=int(batch_size), shuffle=False,
                                              num_workers=int(workers), collate_fn=_collate_frames)
         tmp = self.path.parent / f".{self.path.name}.{os.getpid()}.partial"
@@ -178,8 +181,7 @@ class PredictionCache:
                 depths = None
                 start = 0
                 for batch in loader:
-                    rgb = batch["rgb"].to(device)
-                    maps = torch.cat([self._base_depth(base, rgb, i) for i, base in enumerate(bases)], dim=1)
+                    maps, _ = run_bases(bases, labels, batch["rgb"].to(device), input_sizes)
                     if depths is None:
                         k, h, w = maps.shape[1:]
                         depths = f.create_dataset("depths", shape=(len(dataset), k, h, w), dtype="float16",
@@ -197,15 +199,6 @@ class PredictionCache:
             tmp.unlink(missing_ok=True)
         self._names = None
         self.complete = True
-        return self
-
-    @staticmethod
-    def _base_depth(base: torch.nn.Module, rgb: torch.Tensor, position: int) -> torch.Tensor:
-        depth = base(rgb)["depth"]
-        if tuple(depth.shape[-2:]) != tuple(rgb.shape[-2:]) or depth.shape[1] != 1:
-            raise ModelError(f"base learner {position} returned depth {tuple(depth.shape)} for input "
-                             f"{tuple(rgb.shape)}; expected [B,1,H,W] at the input resolution")
-        return depth
 
 
 class CachedMetaDataset(torch.utils.data.Dataset):

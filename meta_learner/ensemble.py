@@ -14,10 +14,12 @@ from __future__ import annotations
 from collections import OrderedDict
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from base_learners.common import valid_mask
 from ensemble_mde.errors import ModelError
+from ensemble_mde.evaluation import resize_rgb
 from ensemble_mde.losses import silog_loss
 from meta_learner.unet import WeightingUNet
 
@@ -32,35 +34,50 @@ def blend(weights: torch.Tensor, depths: torch.Tensor) -> torch.Tensor:
     return (weights * depths).sum(dim=1, keepdim=True)
 
 
-def run_bases(bases: nn.ModuleList, names: list[str], rgb: torch.Tensor) -> tuple[torch.Tensor, list[dict]]:
-    """(base depths [B,K,H,W] metres, each base's output dict) for rgb [B,3,H,W]; each base
-    must return depth at the input resolution."""
-    outputs = [base(rgb) for base in bases]
-    for name, out in zip(names, outputs):
-        if tuple(out["depth"].shape[-2:]) != tuple(rgb.shape[-2:]):
-            raise ModelError(f"base learner {name!r} returned depth {tuple(out['depth'].shape)} for input "
-                             f"{tuple(rgb.shape)}; depth must be at the input resolution", name)
-    return torch.cat([out["depth"] for out in outputs], dim=1), outputs
+def run_bases(bases: nn.ModuleList, names: list[str], rgb: torch.Tensor,
+              input_sizes: list | None = None) -> tuple[torch.Tensor, list[dict]]:
+    """(base depths [B,K,H,W] metres on rgb's grid, each base's output dict) for rgb
+    [B,3,H,W]. Base k sees rgb resized to input_sizes[k] ([h, w], the size it was trained at;
+    None: rgb as it is) and must return depth [B,1,h,w] at that size, which is resampled
+    bilinearly to H x W (its output dict keeps its own size)."""
+    grid = tuple(rgb.shape[-2:])
+    depths, outputs = [], []
+    for name, base, size in zip(names, bases, input_sizes or [None] * len(bases)):
+        x = resize_rgb(rgb, size)
+        out = base(x)
+        depth = out["depth"]
+        if tuple(depth.shape[-2:]) != tuple(x.shape[-2:]) or depth.shape[1] != 1:
+            raise ModelError(f"base learner {name!r} returned depth {tuple(depth.shape)} for input "
+                             f"{tuple(x.shape)}; expected [B,1,H,W] at the input resolution", name)
+        if tuple(depth.shape[-2:]) != grid:
+            depth = F.interpolate(depth, size=grid, mode="bilinear", align_corners=False)
+        depths.append(depth)
+        outputs.append(out)
+    return torch.cat(depths, dim=1), outputs
 
 
 class StackedEnsemble(nn.Module):
     """forward(rgb [B,3,H,W] in [0,1], base_depths [B,K,H,W] | None) ->
     {"depth": [B,1,H,W], "weights": [B,K,H,W], "base_depths": [B,K,H,W]}
-    (+ "base_outputs": each base's output dict, when the bases ran)."""
+    (+ "base_outputs": each base's output dict, when the bases ran). input_sizes: each base's
+    own input size [h, w] (None: the ensemble's), see `run_bases`."""
 
     def __init__(self, bases: list[nn.Module], meta: WeightingUNet, names: list[str], mode: str = "freeze",
-                 min_depth: float = 1e-3, max_depth: float | None = None):
+                 min_depth: float = 1e-3, max_depth: float | None = None, input_sizes: list | None = None):
         super().__init__()
         names = [str(n) for n in names]
         if len(bases) != len(names) or len(set(names)) != len(names):
             raise ModelError(f"ensemble needs one unique name per base learner, got {names} for {len(bases)} bases",
                              "meta.bases")
+        if input_sizes is not None and len(input_sizes) != len(bases):
+            raise ModelError(f"{len(input_sizes)} input sizes for {len(bases)} base learners", "meta.bases")
         if meta.num_learners != len(bases):
             raise ModelError(f"meta-learner outputs {meta.num_learners} weights for {len(bases)} base learners",
                              "meta.bases")
         self.bases = nn.ModuleList(bases)
         self.meta = meta
         self.names = names
+        self.input_sizes = [tuple(s) if s else None for s in (input_sizes or [None] * len(bases))]
         self.min_depth = float(min_depth)
         self.max_depth = float(meta.max_depth if max_depth is None else max_depth)
         self.mode = "freeze"
@@ -85,7 +102,7 @@ class StackedEnsemble(nn.Module):
     def run_bases(self, rgb: torch.Tensor) -> tuple[torch.Tensor, list[dict]]:
         """(base depths [B,K,H,W], each base's output dict); no graph for frozen bases."""
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.mode != "freeze"):
-            return run_bases(self.bases, self.names, rgb)
+            return run_bases(self.bases, self.names, rgb, self.input_sizes)
 
     def forward(self, rgb: torch.Tensor, base_depths: torch.Tensor | None = None) -> dict:
         base_outputs = None

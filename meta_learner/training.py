@@ -17,11 +17,12 @@ from ensemble_mde import config as config_mod
 from ensemble_mde import distributed, runs
 from ensemble_mde.device import resolve_device
 from ensemble_mde.engine import train
+from ensemble_mde.evaluation import model_input_size
 from ensemble_mde.errors import ConfigError
 from ensemble_mde.io import file_sha256
 from ensemble_mde.pipeline import build_splits, finalize_paths, preflight
 from meta_learner.cache import CachedMetaDataset, PredictionCache, data_identity
-from meta_learner.ensemble import MODES, StackedEnsemble
+from meta_learner.ensemble import StackedEnsemble
 from meta_learner.loading import check_bases_unchanged
 from meta_learner.unet import WeightingUNet
 
@@ -38,12 +39,7 @@ def meta_config(*, inputs: str | None = None, mode: str | None = None, bases=Non
         extra.append(f"ensemble.mode={mode}")
     if bases:
         extra.append("ensemble.bases=[" + ", ".join(json.dumps(str(b)) for b in bases) + "]")
-    cfg = config_mod.load_config(["defaults", "meta/unet"], config_file, extra, preset)
-    if cfg["meta"]["inputs"] not in ("rgb", "d", "rgb+d"):
-        raise ConfigError(f"meta.inputs must be rgb, d or rgb+d, got {cfg['meta']['inputs']!r}", "meta.inputs")
-    if cfg["ensemble"]["mode"] not in MODES:
-        raise ConfigError(f"ensemble.mode must be one of {', '.join(MODES)}", "ensemble.mode")
-    return cfg
+    return config_mod.load_config(["defaults", "meta/unet"], config_file, extra, preset)
 
 
 def newest_finished_runs(runs_dir: Path, learners=DEFAULT_BASES) -> list[Path]:
@@ -74,9 +70,10 @@ def resolve_bases(cfg: dict) -> list[dict]:
         if path.exists():
             ckpt_path = runs.resolve_checkpoint(path)
             base_cfg = runs.read_checkpoint(ckpt_path)["config"]
+            size = model_input_size(base_cfg)
             resolved.append({"name": base_cfg["model"]["name"], "run": str(ckpt_path.resolve()),
                              "sha256": file_sha256(ckpt_path), "model": base_cfg["model"],
-                             "data": base_cfg["data"], "input_size": base_cfg["run"].get("input_size")})
+                             "data": base_cfg["data"], "input_size": list(size) if size else None})
         elif mode == "simultaneous" and str(entry) in base_learners.available():
             base_cfg = config_mod.load_config(["defaults", f"base/{entry}"])
             resolved.append({"name": str(entry), "run": None, "sha256": None, "model": base_cfg["model"],
@@ -97,7 +94,8 @@ def build_ensemble(cfg: dict) -> StackedEnsemble:
     bases = [base_learners.create(r["model"]["name"], **runs.model_kwargs({"model": r["model"]})) for r in resolved]
     meta = WeightingUNet(len(bases), max_depth=cfg["data"]["max_depth"], **cfg["meta"])
     return StackedEnsemble(bases, meta, [r["name"] for r in resolved], mode=cfg["ensemble"]["mode"],
-                           min_depth=cfg["data"]["min_depth"], max_depth=cfg["data"]["max_depth"])
+                           min_depth=cfg["data"]["min_depth"], max_depth=cfg["data"]["max_depth"],
+                           input_sizes=[r.get("input_size") for r in resolved])
 
 
 def load_base_weights(ensemble: StackedEnsemble, resolved: list[dict]) -> None:
@@ -112,9 +110,26 @@ def run_name(cfg: dict) -> str:
     return f"meta_{cfg['meta']['inputs'].replace('+', '')}_{cfg['ensemble']['mode']}"
 
 
-def train_meta(cfg: dict, *, resume: bool = False, progress: bool = True, say=print):
-    """Train the meta-learner (and, by mode, the bases); returns (run folder, summary).
-    Under torchrun every process calls this; rank 0 fills the cache and writes the run."""
+def ensemble_data(cfg: dict, resolved: list[dict]) -> dict:
+    """The data section of a meta run that names no dataset (data.path null): that of its
+    bases (the first one trained on a dataset: an imported run was not), data.workers as
+    set, and frames (the ensemble's grid) at data.size when set, else at the largest base
+    input size by area, so that no base sees a frame enlarged from a smaller grid."""
+    trained = next((r["data"] for r in resolved if r["data"] and r["data"].get("path")), None)
+    if trained is None:
+        raise ConfigError("no base was trained on a dataset here (fresh or imported bases); pass --data PATH",
+                          "data.path")
+    sizes = [r["input_size"] for r in resolved if r.get("input_size")]
+    size = cfg["data"]["size"] or (max(sizes, key=lambda s: s[0] * s[1]) if sizes else trained.get("size"))
+    return {**trained, "workers": cfg["data"]["workers"], "size": list(size) if size else None}
+
+
+def train_meta(cfg: dict, *, resume: bool = False, force: bool = False, progress: bool = True, say=print):
+    """Train the meta-learner (and, by mode, the bases); returns (run folder, summary). A
+    folder that holds a run needs resume (continue it) or force (overwrite it). Under
+    torchrun every process calls this; rank 0 fills the cache and writes the run."""
+    from ensemble_mde.data import build_dataset
+
     device = distributed.init(resolve_device(cfg["run"]["device"]))
     say = say if distributed.is_main() else (lambda *args: None)  # rank 0 speaks for all
     run_dir = runs.run_dir_for(cfg, run_name(cfg))
@@ -124,50 +139,51 @@ def train_meta(cfg: dict, *, resume: bool = False, progress: bool = True, say=pr
     else:
         cfg["ensemble"]["resolved"] = resolve_bases(cfg)
         if cfg["data"]["path"] is None:  # train on the data the bases saw
-            trained = next((r["data"] for r in cfg["ensemble"]["resolved"] if r["data"]), None)
-            if trained is None:
-                raise ConfigError("fresh bases need --data PATH (no trained base to take the data from)", "data.path")
-            cfg["data"] = {**trained, "workers": cfg["data"]["workers"]}
+            cfg["data"] = ensemble_data(cfg, cfg["ensemble"]["resolved"])
         cfg = finalize_paths(cfg)
     preflight(cfg, run_dir)
     mode = cfg["ensemble"]["mode"]
     resolved = cfg["ensemble"]["resolved"]
-    say("bases: " + ", ".join(f"{r['name']} ({r['run'] or 'fresh'})" for r in resolved))
+    say("bases: " + ", ".join(f"{r['name']} ({r['run'] or 'fresh'}"
+                              f"{', input ' + 'x'.join(map(str, r['input_size'])) if r.get('input_size') else ''})"
+                              for r in resolved))
 
-    train_set, val_set, eigen_crop = build_splits(cfg)
-    if not cfg["run"].get("input_size") and not cfg["data"].get("size"):
-        cfg["run"]["input_size"] = list(val_set[0]["rgb"].shape[-2:])
-    torch.manual_seed(int(cfg["run"]["seed"]))
-    ensemble = build_ensemble(cfg)
-    load_base_weights(ensemble, resolved)
+    with runs.training_into(run_dir, resume=resume, force=force):
+        train_set, val_set, eigen_crop = build_splits(cfg)
+        if not cfg["run"].get("input_size") and not cfg["data"].get("size"):
+            cfg["run"]["input_size"] = list(val_set[0]["rgb"].shape[-2:])
+        torch.manual_seed(int(cfg["run"]["seed"]))
+        ensemble = build_ensemble(cfg)
+        load_base_weights(ensemble, resolved)
 
-    if mode == "freeze":  # neither training nor validation runs the frozen bases again
-        train_set = cached_split(cfg, ensemble, "train", device, progress)
-        val_set = cached_split(cfg, ensemble, "val", device, progress)
-    factor = 1.0 if mode == "simultaneous" else float(cfg["ensemble"]["base_lr_factor"])
-    groups = ensemble.param_groups(float(cfg["train"]["lr"]), factor)
-    summary = train(ensemble, cfg, train_set, val_set, run_dir, device=device, eigen_crop=eigen_crop,
-                    resume=resume, progress=progress, param_groups=groups)
+        if mode == "freeze":  # neither training nor validation runs the frozen bases again
+            augment = cfg["augment"] if cfg["augment"]["enabled"] else None
+            train_set = cached_split(cfg, ensemble, build_dataset(cfg, "train", augment=False), device, progress,
+                                     augment)
+            val_set = cached_split(cfg, ensemble, val_set, device, progress)
+        factor = 1.0 if mode == "simultaneous" else float(cfg["ensemble"]["base_lr_factor"])
+        groups = ensemble.param_groups(float(cfg["train"]["lr"]), factor)
+        summary = train(ensemble, cfg, train_set, val_set, run_dir, device=device, eigen_crop=eigen_crop,
+                        resume=resume, progress=progress, param_groups=groups)
     return run_dir, summary
 
 
-def cached_split(cfg: dict, ensemble: StackedEnsemble, split: str, device: torch.device,
-                 progress: bool) -> CachedMetaDataset:
-    """Freeze mode: the bases' predictions on the un-augmented frames of `split`, computed
-    once into the HDF5 cache (reused across meta runs, rebuilt when a base changes; by
-    rank 0 alone under torchrun). For "train" the geometric augmentation is applied to RGB,
-    GT and the cached maps together; "val" is read as it is."""
-    from ensemble_mde.data import build_dataset, loader_workers
+def cached_split(cfg: dict, ensemble: StackedEnsemble, plain, device: torch.device, progress: bool,
+                 augment: dict | None = None) -> CachedMetaDataset:
+    """Freeze mode: the bases' predictions on the un-augmented frames of the dataset `plain`
+    (each base at its own input size), computed once into the HDF5 cache (reused across meta
+    runs, rebuilt when a base changes; by rank 0 alone under torchrun). With `augment` (the
+    training split's `augment:` section) the geometric augmentation is applied to RGB, GT
+    and the cached maps together."""
+    from ensemble_mde.data import loader_workers
 
-    plain = build_dataset(cfg, split, augment=False)
     frame = tuple(plain[0]["rgb"].shape[-2:])
-    data_id = data_identity(plain.root, plain.format, split, [r.name for r in plain.records], frame)
+    data_id = data_identity(plain.root, plain.format, plain.split, [r.name for r in plain.records], frame)
     cache_dir = Path(cfg["ensemble"]["cache_dir"] or Path(cfg["run"]["runs_dir"]) / ".cache")
     hashes = [r["sha256"] for r in cfg["ensemble"]["resolved"]]
     with distributed.main_process_first():  # rank 0 fills; the others then open the finished file
         cache = PredictionCache.open(cache_dir, hashes, data_id)
         cache.fill(plain, list(ensemble.bases), device=device, batch_size=int(cfg["train"]["val_batch_size"]),
-                   workers=loader_workers(cfg["data"], device.type),
-                   progress=progress and distributed.is_main(), label=f"caching base predictions ({split})")
-    augment = cfg["augment"] if split == "train" and cfg["augment"]["enabled"] else None
+                   workers=loader_workers(cfg["data"], device.type), input_sizes=ensemble.input_sizes,
+                   progress=progress and distributed.is_main(), label=f"caching base predictions ({plain.split})")
     return CachedMetaDataset(plain, cache, augment, seed=int(cfg["run"]["seed"]))

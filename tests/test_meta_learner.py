@@ -285,6 +285,6 @@ def test_oracle_picks_the_nearest_base_and_falls_back_to_the_mean():
 
 
 def test_baseline_registry():
-    assert set(BASELINES) == {"mean", "median", "weighted", "oracle"}
+    assert set(BASELINES) == {"mean", "median", "weighted", "oracle", "convex"}
     assert BASELINES["weighted"]([1.0, 1.0, 1.0])(DEPTHS).shape == (1, 1, 1, 3)
     assert not BASELINES["mean"]().upper_bound

@@ -10,8 +10,8 @@ Tables, baselines, the bootstrap and the figures all reuse these results.
     print(render(accuracy_table(comparison), "md"))
 
 Rows: base learners, baselines (mean = the paper's "Baseline", median, weighted by
-validation RMSE, per-pixel oracle = an upper bound, never ranked), stacked-generalization
-variants. Runs whose configs differ only in run.seed / run.name are one row: mean ± sample
+validation RMSE; the selection and convex oracles = upper bounds, never ranked),
+stacked-generalization variants. Runs whose configs differ only in run.seed / run.name are one row: mean ± sample
 std over seeds. In each metric column the best ranked row is marked 1 (bold) and the
 second 2 (underlined), compared at the displayed precision.
 """
@@ -37,9 +37,14 @@ from ensemble_mde import runs as runs_mod
 from ensemble_mde.errors import CheckpointError, ConfigError, DataError
 from ensemble_mde.metrics import METRIC_KEYS, HIGHER_IS_BETTER, MetricAccumulator, flip_tta
 
-BASELINE_NAMES = ("mean", "median", "weighted", "oracle")
+BASELINE_NAMES = ("mean", "median", "weighted", "oracle", "convex")
 BASELINE_LABELS = {"mean": "Baseline (mean)", "median": "Median", "weighted": "Weighted (1/val RMSE)",
-                   "oracle": "Oracle"}
+                   "oracle": "Oracle (selection)", "convex": "Oracle (convex blend)"}
+ORACLE_NOTE = ("† Upper bounds that look at the ground truth (not ranked). Oracle (selection): per pixel the base "
+               "nearest the GT; no single base has a smaller per-pixel absolute error, but it bounds neither blends "
+               "nor log or ratio metrics. Oracle (convex blend): per pixel the GT clipped into the range of the "
+               "bases' depths; no base, average or stacked ensemble (each a per-pixel convex blend of the maps) "
+               "beats it on a pixel.")
 INPUT_ORDER = {"rgb": 0, "d": 1, "rgb+d": 2}
 MODE_ORDER = {"freeze": 0, "finetune": 1, "simultaneous": 2}
 KIND_ORDER = {"base": 0, "baseline": 1, "meta": 2}
@@ -60,11 +65,14 @@ NOT_PART_OF_VARIANT = ("run.seed", "run.name", "run.runs_dir", "run.device", "da
 
 @dataclass
 class RunInfo:
-    """A run folder: its resolved config, checkpoint, summary.json (empty if absent) and kind."""
+    """A run folder: its resolved config, checkpoint, summary.json (empty if absent), the
+    records of metrics.jsonl (and the numbers of the lines that could not be read) and kind."""
     path: Path
     cfg: dict
     checkpoint: Path
     summary: dict
+    log: list[dict] = field(default_factory=list)
+    log_skipped: list[int] = field(default_factory=list)
 
     @property
     def kind(self) -> str:
@@ -88,23 +96,21 @@ def finished_runs(runs_dir: str | Path) -> list[Path]:
 
 def read_run(path: str | Path) -> RunInfo:
     """A run folder (or a checkpoint file inside one) -> RunInfo; the config is the checkpoint's."""
+    from ensemble_mde.io import read_json, read_jsonl
+
     checkpoint = runs_mod.resolve_checkpoint(path)
     folder = checkpoint.parent
     cfg_file = folder / "config.yaml"
     cfg = config_mod.read_yaml(cfg_file) if cfg_file.is_file() else runs_mod.read_checkpoint(checkpoint)["config"]
-    summary_file = folder / "summary.json"
-    summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
-    return RunInfo(folder.resolve(), cfg, checkpoint.resolve(), summary)
+    summary_file, log_file = folder / "summary.json", folder / "metrics.jsonl"
+    summary = read_json(summary_file) if summary_file.is_file() else {}
+    log, skipped = read_jsonl(log_file) if log_file.is_file() else ([], [])
+    return RunInfo(folder.resolve(), cfg, checkpoint.resolve(), summary, log, skipped)
 
 
-def _drop(tree: dict, dotted: str) -> None:
-    *parents, leaf = dotted.split(".")
-    for part in parents:
-        tree = tree.get(part) if isinstance(tree, dict) else None
-        if tree is None:
-            return
-    if isinstance(tree, dict):
-        tree.pop(leaf, None)
+def has_training_data(cfg: dict) -> bool:
+    """False for a run that was imported (official weights): it names no dataset of ours."""
+    return cfg["data"].get("path") is not None
 
 
 def config_identity(cfg: dict, base_identity=None) -> str:
@@ -113,7 +119,7 @@ def config_identity(cfg: dict, base_identity=None) -> str:
     not by checkpoint path or hash, so meta runs over the seed-s bases group across s."""
     c = copy.deepcopy(cfg)
     for key in NOT_PART_OF_VARIANT:
-        _drop(c, key)
+        config_mod.drop_key(c, key)
     if c.get("kind") == "meta":
         resolved = c.get("ensemble", {}).pop("resolved", []) or []
         c["ensemble"]["bases_identity"] = [base_identity(r) if base_identity else r.get("model") for r in resolved]
@@ -123,13 +129,10 @@ def config_identity(cfg: dict, base_identity=None) -> str:
 def validation_rmse(run: RunInfo) -> float | None:
     """RMSE (m) on the validation split of the epoch best.pt holds: the last metrics.jsonl val
     record marked best; else the best.pt checkpoint's metrics; None when neither exists."""
-    log = run.path / "metrics.jsonl"
     best = None
-    if log.is_file():
-        for line in log.read_text().splitlines():
-            record = json.loads(line) if line.strip() else {}
-            if record.get("type") == "val" and record.get("best"):
-                best = record.get("rmse")
+    for record in run.log:
+        if record.get("type") == "val" and record.get("best"):
+            best = record.get("rmse")
     if best is None and run.checkpoint.name == "best.pt":
         best = (runs_mod.read_checkpoint(run.checkpoint).get("metrics") or {}).get("rmse")
     return float(best) if best is not None else None
@@ -327,10 +330,12 @@ def _markdown(table: Table) -> str:
 LATEX_SPECIALS = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                   "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
                   "†": r"$^\dagger$", "±": r"$\pm$", "δ": r"$\delta$", "Δ": r"$\Delta$", "—": "--",
-                  "↑": r"$\uparrow$", "↓": r"$\downarrow$", "²": r"$^2$", "³": r"$^3$", "<": r"$<$"}
+                  "↑": r"$\uparrow$", "↓": r"$\downarrow$", "²": r"$^2$", "³": r"$^3$", "<": r"$<$",
+                  ">": r"$>$", "≤": r"$\le$", "≥": r"$\ge$", "−": "-", "×": r"$\times$", "…": r"\ldots{}"}
 
 
 def latex_escape(text: str) -> str:
+    """`text` as LaTeX source in plain ASCII (an engine without unicode input reads it)."""
     return "".join(LATEX_SPECIALS.get(ch, ch) for ch in text)
 
 
@@ -523,7 +528,7 @@ def accuracy_table(comparison: Comparison, *, silog: bool = False, delta_metric:
     notes = [f"↑ higher is better, ↓ lower is better; per-image metrics averaged over {n} "
              f"{info.get('split', 'test')} images; best in bold, second underlined."]
     if any(v.upper_bound for v in comparison.variants):
-        notes.append("† Oracle: per pixel the base nearest the ground truth, an upper bound (not ranked).")
+        notes.append(ORACLE_NOTE)
     notes += _seed_note(comparison.variants)
     notes.append("#Params: a stacking variant counts its base learners and meta-learner; a baseline, its bases.")
     if boot:
@@ -818,9 +823,9 @@ def _base_sets(base_runs: list[RunInfo], meta_runs: list[RunInfo], identity) -> 
     with no meta run, one set per seed all base groups share (else each group's first run)."""
     by_checkpoint = {r.checkpoint: r for r in base_runs}
     sets: list[list[RunInfo]] = []
-    for m in meta_runs:
+    for m in meta_runs:  # the same bases in another order are the same set (not a second seed)
         members = [by_checkpoint[Path(r["run"]).resolve()] for r in m.cfg["ensemble"]["resolved"] if r.get("run")]
-        if members and [r.path for r in members] not in [[r.path for r in s] for s in sets]:
+        if members and {r.path for r in members} not in [{r.path for r in s} for s in sets]:
             sets.append(members)
     if sets or not base_runs:
         return sets
@@ -875,15 +880,21 @@ def compare_runs(paths: list[str | Path], *, data: str | None = None, split: str
     infos = _load_infos(paths)
     if not infos:
         raise ConfigError("no run to compare", "runs")
+    for r in infos:
+        if r.log_skipped:
+            lines = ", ".join(map(str, r.log_skipped[:5])) + (" ..." if len(r.log_skipped) > 5 else "")
+            say(f"warning: {r.path / 'metrics.jsonl'}: skipped line(s) {lines}, not valid JSON (a half-written "
+                "line is what a crash leaves)")
+    trained = [r for r in infos if has_training_data(r.cfg)]  # imported runs were trained on no data of ours
     if data is None:
         identities = {}
-        for r in infos:
+        for r in trained:
             identities.setdefault(_data_identity(r.cfg["data"]), []).append(r.path.name)
         if len(identities) > 1:
             listing = "; ".join(f"{ident[0]} ({', '.join(names)})" for ident, names in identities.items())
             raise ConfigError(f"the runs were trained on different data: {listing}; pass --data PATH", "--data")
     device = resolve_device(device)
-    eval_cfg = _eval_config(copy.deepcopy(infos[0].cfg), data)
+    eval_cfg = _eval_config(copy.deepcopy((trained or infos)[0].cfg), data)
     dataset = build_dataset(eval_cfg, split, augment=False)
     eigen = eigen_crop_default(eval_cfg["data"], dataset)
     min_depth, max_depth = float(eval_cfg["data"]["min_depth"]), float(eval_cfg["data"]["max_depth"])
@@ -976,8 +987,8 @@ def _baselines(passes: EvaluationPass, sets, results: list[RunResult], names, id
                     say(f"weighted baseline skipped: no validation RMSE for {', '.join(missing)}")
                     continue
                 combiners[kind] = baselines.WeightedEnsemble(val_rmse)
-            elif kind == "oracle":
-                combiners[kind] = baselines.OracleEnsemble(passes.min_depth, passes.max_depth)
+            elif baselines.BASELINES[kind].needs_gt:
+                combiners[kind] = baselines.BASELINES[kind](passes.min_depth, passes.max_depth)
             else:
                 combiners[kind] = baselines.BASELINES[kind]()
         scored = passes.baseline_metrics(combiners, [passes.store_keys[r.checkpoint] for r in s])
@@ -988,7 +999,8 @@ def _baselines(passes: EvaluationPass, sets, results: list[RunResult], names, id
                 figure = maps
             results.append(RunResult(BASELINE_LABELS[kind] + (f" ({learners})" if several else ""), "baseline",
                                      f"{kind}:" + "+".join(m.run for m in members), min(m.seed for m in members),
-                                     f"{kind}|{composition}", per_image, upper_bound=kind == "oracle",
+                                     f"{kind}|{composition}", per_image,
+                                     upper_bound=baselines.BASELINES[kind].upper_bound,
                                      order=(BASELINE_NAMES.index(kind),), cost=dict(cost)))
     return figure
 

@@ -9,7 +9,6 @@ Figures are PNGs (matplotlib Agg) written atomically.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -17,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ensemble_mde.compare import Comparison, accuracy_table, compute_table, render, significance_table, write_tables
-from ensemble_mde.io import atomic_write_text, atomic_write_with
+from ensemble_mde.io import atomic_write_text, atomic_write_with, read_jsonl
 from ensemble_mde.visualize import depth_colormap, pyplot
 
 def save_figure(fig, path: str | Path, dpi: int = 100) -> Path:
@@ -125,11 +124,12 @@ def save_weight_grid(comparison: Comparison, path: str | Path) -> Path | None:
 
 
 def read_metrics_log(run_dir: str | Path) -> tuple[list[dict], list[dict]]:
-    """(train records, val records) of a run's metrics.jsonl (empty lists if absent)."""
+    """(train records, val records) of a run's metrics.jsonl (empty lists if absent; lines that
+    are not JSON are left out: `compare` warns about them)."""
     log = Path(run_dir) / "metrics.jsonl"
     if not log.is_file():
         return [], []
-    records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    records, _ = read_jsonl(log)
     return [r for r in records if r.get("type") == "train"], [r for r in records if r.get("type") == "val"]
 
 
@@ -146,7 +146,7 @@ def save_training_curves(run_dirs: list[str | Path], path: str | Path) -> Path |
         if train:
             left.plot([r["step"] for r in train], [r["total"] for r in train], marker=".", ms=3, label=name, lw=1)
         if val:
-            right.plot([r["epoch"] + 1 for r in val], [r["rmse"] for r in val], marker="o", ms=3, label=name, lw=1)
+            right.plot([r["epoch"] for r in val], [r["rmse"] for r in val], marker="o", ms=3, label=name, lw=1)
     left.set(xlabel="step", ylabel="training loss (total)", title="training loss")
     if any(r["total"] > 0 for _, train, _ in logs for r in train):
         left.set_yscale("log")

@@ -53,6 +53,7 @@ def import_official_weights(learner: str, file: Path, out_dir: Path) -> Path:
     cfg = config_mod.load_config(["defaults", f"base/{learner}"])
     cfg["run"].update(name=out_dir.name, runs_dir=str(out_dir.parent), input_size=list(release["input_size"]))
     cfg["model"].update(release["model"])
+    cfg["data"]["path"] = None  # trained on no data of ours: evaluating it needs --data, compare takes the others'
     model = runs.build_learner(cfg)
     runs.load_state(model, official_state_dict(file), file, learner)  # one-line error naming the bad keys
     own = model.state_dict()

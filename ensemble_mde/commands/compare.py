@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 FORMATS = ("table", "md", "csv", "latex", "json")
+TABLES = ("accuracy", "compute")
 
 
 def register(sub) -> None:
@@ -19,13 +20,15 @@ def register(sub) -> None:
     p.add_argument("--data", metavar="PATH", help="dataset (default: the data the runs were trained on)")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--flip-tta", action="store_true", help="average with the mirrored prediction")
-    p.add_argument("--baselines", default="mean,median,weighted,oracle", metavar="LIST",
-                   help="averaging baselines over the bases: mean,median,weighted,oracle (default all; "
-                        "'none' for none)")
+    p.add_argument("--baselines", default="mean,median,weighted,oracle,convex", metavar="LIST",
+                   help="baselines over the bases: mean,median,weighted and the upper bounds oracle (per-pixel "
+                        "selection) and convex (per-pixel convex blend) (default all; 'none' for none)")
     p.add_argument("--bootstrap", type=int, default=0, metavar="N",
                    help="paired bootstrap with N resamples: each variant minus the mean baseline (95%% CI, p)")
     p.add_argument("--bootstrap-seed", type=int, default=0, dest="bootstrap_seed")
     p.add_argument("--format", default="table", choices=FORMATS, help="what is printed (default table)")
+    p.add_argument("--table", choices=TABLES, help="print only this table (csv prints one table per stream: "
+                                                  "accuracy unless this says compute)")
     p.add_argument("--silog", action="store_true", help="add the SILog column")
     p.add_argument("--out", metavar="DIR", help="write all table formats, per-image metrics, figures and report.md")
     p.add_argument("--figure-images", type=int, default=3, dest="figure_images",
@@ -70,27 +73,33 @@ def parse_baselines(text: str) -> list[str]:
     return names
 
 
-def print_tables(comparison, fmt: str, *, silog: bool = False, console=None) -> None:
-    """Accuracy and compute tables in `fmt` (json: one object with both and the bootstrap)."""
+def print_tables(comparison, fmt: str, *, silog: bool = False, console=None, only: str | None = None) -> None:
+    """Accuracy and compute tables in `fmt` (json: one object with both and the bootstrap);
+    `only`: "accuracy" or "compute" alone. CSV holds one table: accuracy unless `only` says."""
     from ensemble_mde.compare import (accuracy_table, compute_table, render, rich_table, significance_table,
                                       table_dict)
     from ensemble_mde.progress import output_console
 
     console = console or output_console()
     accuracy, compute = accuracy_table(comparison, silog=silog), compute_table(comparison)
+    if fmt == "csv":
+        print(render(compute if only == "compute" else accuracy, fmt), end="")
+        return
     if fmt == "json":
         print(json.dumps({"accuracy": table_dict(accuracy), "compute": table_dict(compute),
                           "bootstrap": comparison.bootstrap, "info": comparison.info}))
     elif fmt == "table":  # the bootstrap as a table of its own: the terminal is narrower than a page
         width = None if console.is_terminal else 160
-        tables = [accuracy_table(comparison, silog=silog, delta_metric=None), compute]
+        tables = [("accuracy", accuracy_table(comparison, silog=silog, delta_metric=None))]
         if comparison.bootstrap:
-            tables.insert(1, significance_table(comparison))
-        for table in tables:
-            console.print(rich_table(table), width=width)
+            tables.append(("accuracy", significance_table(comparison)))
+        for kind, table in tables + [("compute", compute)]:
+            if only in (None, kind):
+                console.print(rich_table(table), width=width)
     else:
-        print(render(accuracy, fmt))
-        print(render(compute, fmt))
+        for kind, table in (("accuracy", accuracy), ("compute", compute)):
+            if only in (None, kind):
+                print(render(table, fmt))
 
 
 def cmd_compare(args) -> int:
@@ -99,14 +108,19 @@ def cmd_compare(args) -> int:
     from ensemble_mde.report import write_report
 
     console = output_console(stderr=args.format != "table")
+    notes = output_console(stderr=True)
     paths = args.runs or finished_runs(args.runs_dir)
     comparison = compare_runs(paths, data=args.data, split=args.split, flip=args.flip_tta,
                               baselines=parse_baselines(args.baselines), bootstrap=args.bootstrap,
                               bootstrap_seed=args.bootstrap_seed, device=args.device or "auto",
                               measure=not args.no_compute, repeats=args.repeats,
                               figure_images=args.figure_images if args.out else 0,
-                              progress=not args.no_progress, say=console.print)
-    print_tables(comparison, args.format, silog=args.silog, console=console)
+                              progress=not args.no_progress,
+                              say=lambda text: notes.print(text, markup=False, highlight=False))
+    if args.format == "csv" and args.table is None:
+        notes.print("CSV holds one table: this is accuracy; --table compute prints the compute table "
+                    "(--out DIR writes both)", markup=False, highlight=False)
+    print_tables(comparison, args.format, silog=args.silog, console=console, only=args.table)
     if args.out:
         report = write_report(comparison, args.out, silog=args.silog)
         console.print(f"wrote tables (txt md csv tex json), figures and {report}")

@@ -8,6 +8,9 @@ from pathlib import Path
 from ensemble_mde.cli import add_config_options, parse_size
 
 
+DEFAULT_PROFILE_SIZE = (416, 544)  # the SG study's training crop, for a learner with no size of its own
+
+
 def register(sub) -> None:
     p = sub.add_parser("evaluate", help="NYU metrics of a run on a split (Eigen crop for NYU-sized GT)",
                        description="Run the model at its configured input size, upsample to the GT resolution, "
@@ -21,8 +24,10 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="depth maps for images: 16-bit PNG (mm) + colourised PNG",
-                       description="Predict depth for images of any size (resized to the run's input size, "
-                                   "the depth resized back).")
+                       description="Predict depth for images of any size (turned upright as their EXIF "
+                                   "orientation says, resized to the run's input size, the depth resized back). "
+                                   "Outputs are named after each image's stem, with its extension and folders "
+                                   "added where two images would share a name.")
     p.add_argument("run", help="run folder or checkpoint")
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--out", default="predictions", metavar="DIR")
@@ -33,9 +38,12 @@ def register(sub) -> None:
     p = sub.add_parser("profile", help="params, GMACs, latency and FPS of a learner or run",
                        description="Size and speed of a model: params, mult-adds (torch.utils.flop_counter, "
                                    "flops/2), median latency after warm-up, FPS.")
-    p.add_argument("target", help="learner name (e.g. adabins), run folder, or 'meta' (the weighting U-Net alone)")
+    p.add_argument("target", nargs="?", help="learner name (e.g. adabins), run folder, or 'meta' (the weighting "
+                                             "U-Net alone)")
+    p.add_argument("--list", action="store_true", help="print the learner names and exit")
     p.add_argument("--learners", type=int, default=3, help="meta: number of base learners K (default 3)")
-    p.add_argument("--size", metavar="HxW", help="input size (default: the config's data.size, else 416x544)")
+    p.add_argument("--size", metavar="HxW", help="input size (default: a run's own input size; a learner's "
+                                                 "configured data.size, else 416x544)")
     p.add_argument("--batch-size", type=int, default=1, dest="batch_size")
     p.add_argument("--repeats", type=int, default=10, help="timed forward passes")
     p.add_argument("--device", metavar="D")
@@ -101,6 +109,7 @@ def cmd_predict(args) -> int:
     from ensemble_mde.device import resolve_device
     from ensemble_mde.data import load_rgb
     from ensemble_mde.evaluation import model_input_size, resize_rgb
+    from ensemble_mde.io import distinct_stems
     from ensemble_mde.loading import load_any_run
     from ensemble_mde.metrics import flip_tta
     from ensemble_mde.visualize import save_colorized_depth, save_depth_png, save_weight_maps
@@ -110,8 +119,8 @@ def cmd_predict(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     size = model_input_size(cfg)
-    for image in args.images:
-        rgb = load_rgb(image)  # [3,H,W] in [0,1]; grayscale/RGBA converted
+    for image, stem in zip(args.images, distinct_stems(args.images)):
+        rgb = load_rgb(image, upright=True)  # [3,H,W] in [0,1]; grayscale/RGBA converted
         h, w = rgb.shape[-2:]
         in_size = size or (h, w)
         with torch.inference_mode():
@@ -120,7 +129,6 @@ def cmd_predict(args) -> int:
             depth = flip_tta(lambda t: model(t)["depth"], x) if args.flip_tta else outputs["depth"]
             depth = torch.nn.functional.interpolate(depth.float(), size=(h, w), mode="bilinear",
                                                     align_corners=False)[0, 0].cpu()
-        stem = Path(image).stem
         save_depth_png(depth, out / f"{stem}_depth.png")
         save_colorized_depth(depth, out / f"{stem}_depth_color.png", max_depth=cfg["data"]["max_depth"],
                              title=f"{Path(image).name}: depth (m)")
@@ -135,7 +143,17 @@ def cmd_predict(args) -> int:
 
 
 def cmd_profile(args) -> int:
+    from ensemble_mde.errors import ConfigError
+
+    if args.list:
+        import base_learners
+
+        print("\n".join(base_learners.available()))
+        return 0
+    if not args.target:
+        raise ConfigError("name a learner, a run folder or 'meta' (learners: ensemble profile --list)", "target")
     from ensemble_mde.device import resolve_device
+    from ensemble_mde.evaluation import model_input_size
     from ensemble_mde.loading import load_any_run, packaged_learner
     from ensemble_mde.profiling import profile_model
 
@@ -144,11 +162,11 @@ def cmd_profile(args) -> int:
         model, cfg = load_any_run(args.target, device=device)
     else:
         model, cfg = packaged_learner(args.target, num_learners=args.learners)
-    size = parse_size(args.size) if args.size else tuple(cfg["data"].get("size") or (416, 544))
+    size = parse_size(args.size) if args.size else model_input_size(cfg) or DEFAULT_PROFILE_SIZE
     result = profile_model(model, size, batch=args.batch_size, device=device, repeats=args.repeats,
                            compile=args.compile)
     if args.json:
-        print(json.dumps({k: result[k] for k in ("params", "gmacs", "latency_ms", "fps")}))
+        print(json.dumps({**{k: result[k] for k in ("params", "gmacs", "latency_ms", "fps")}, "input_size": list(size)}))
         return 0
     print(f"{args.target} at {size[0]}x{size[1]}, batch {args.batch_size} on {device}: "
           f"params {result['params']:,} ({result['params'] / 1e6:.2f}M)  GMACs {result['gmacs']:.3f}  "

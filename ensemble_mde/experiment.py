@@ -15,12 +15,16 @@ File layout (every key optional except `bases`; see configs/experiments/demo.yam
       - {name: adabins, preset: cpu, overrides: {train.epochs: 2}, seeds: [0]}
     meta:                      # one run per variant and seed, over the bases of the same seed
       - {inputs: rgb+d, mode: freeze, bases: null, preset: null, overrides: {}, seeds: [0]}
-    compare: {split: test, baselines: [mean, median, weighted, oracle], bootstrap: 1000}
+    compare: {split: test, baselines: [mean, median, weighted, oracle, convex], bootstrap: 1000}
 
-Steps run through the Python API (ensemble_mde.pipeline, meta_learner.training). A run with
-summary.json is finished and skipped; one with last.pt is resumed; any other is trained.
-Relative paths are relative to the current directory. `overrides` is a mapping of dotted
-keys (or nested sections) to values, or a list of "key=value" strings.
+Steps run through the Python API (ensemble_mde.pipeline, meta_learner.training). Each
+training step records its inputs when it starts, in <out>/steps.json: its resolved config,
+the dataset's fingerprint and (meta) the sha256 of each base checkpoint. A run with
+summary.json is finished and skipped, one with last.pt is resumed, when those inputs are
+still the same; otherwise it is stale: the experiment says which inputs changed and trains
+it again from the start. Any other run is trained. Relative paths are relative to the
+current directory. `overrides` is a mapping of dotted keys (or nested sections) to values,
+or a list of "key=value" strings.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ SCHEMA = {
     "data": {"path": None, "synth": None},
     "bases": [],
     "meta": [],
-    "compare": {"split": "test", "baselines": ["mean", "median", "weighted", "oracle"], "bootstrap": 1000,
+    "compare": {"split": "test", "baselines": ["mean", "median", "weighted", "oracle", "convex"], "bootstrap": 1000,
                 "bootstrap_seed": 0, "flip_tta": False, "figure_images": 3, "measure": True, "repeats": 10,
                 "silog": False},
 }
@@ -49,12 +53,26 @@ SYNTH_SCHEMA = {"train": 2000, "val": 200, "test": 200, "size": [240, 320], "see
 BASE_SCHEMA = {"name": None, "run_name": None, "preset": None, "config": None, "overrides": None, "seeds": [0]}
 META_SCHEMA = {"inputs": "rgb+d", "mode": "freeze", "bases": None, "run_name": None, "preset": None,
                "config": None, "overrides": None, "seeds": [0]}
+# What the keys accept beyond their type (the form of configs/rules.yaml).
+NAME = {"type": "str", "nullable": True}
+RULES = {"name": {"type": "str"}, "out": NAME, "device": {"type": "str"}, "data": {"path": NAME},
+         "compare": {"bootstrap": {"min": 0}, "figure_images": {"min": 0}, "repeats": {"min": 1}}}
+SYNTH_RULES = {"train": {"min": 1}, "val": {"min": 0}, "test": {"min": 0}, "seed": {"min": 0},
+               "size": {"length": 2, "of": "int", "min": 1}}
+SEEDS = {"of": "int", "min": 0}
+BASE_RULES = {"name": {"type": "str"}, "run_name": NAME, "preset": NAME, "config": NAME, "seeds": SEEDS}
+META_RULES = {"run_name": NAME, "preset": NAME, "config": NAME, "bases": {"type": "list", "nullable": True},
+              "seeds": SEEDS}
+STEPS_FILE = "steps.json"  # <out>/steps.json: {step label: the inputs it was started with}
+NOT_AN_INPUT = ("run.device", "data.workers", "ensemble.cache_dir")  # where or how fast, not what is learnt
 
 
-def _checked(entry, schema: dict, where: str) -> dict:
+def _checked(entry, schema: dict, where: str, rules: dict) -> dict:
     if not isinstance(entry, dict):
         raise ConfigError(f"{where} must be a mapping of keys, got {type(entry).__name__}", where)
-    return config_mod.merge(schema, entry, strict=True, source=where)
+    checked = config_mod.merge(schema, entry, strict=True, source=where)
+    config_mod.check_values(checked, rules=rules, defaults=schema, prefix=f"{where}.")
+    return checked
 
 
 def override_list(overrides, where: str) -> list[str]:
@@ -83,17 +101,18 @@ def load_experiment(source: str | Path | dict, *, out: str | Path | None = None,
     raw = config_mod.read_yaml(source) if not isinstance(source, dict) else source
     where = str(source) if not isinstance(source, dict) else "experiment"
     exp = config_mod.merge(SCHEMA, raw, strict=True, source=where)
+    config_mod.check_values(exp, rules=RULES, defaults=SCHEMA, origins={k: where for k in raw})
     if exp["data"]["synth"] is not None:
-        exp["data"]["synth"] = _checked(exp["data"]["synth"], SYNTH_SCHEMA, "data.synth")
+        exp["data"]["synth"] = _checked(exp["data"]["synth"], SYNTH_SCHEMA, "data.synth", SYNTH_RULES)
     elif not exp["data"]["path"]:
         raise ConfigError(f"{where}: set data.path (a dataset) or data.synth (render one)", "data")
     if not exp["bases"]:
         raise ConfigError(f"{where}: list at least one base learner under `bases`", "bases")
-    exp["bases"] = [_checked(b, BASE_SCHEMA, f"bases[{i}]") for i, b in enumerate(exp["bases"])]
-    exp["meta"] = [_checked(m, META_SCHEMA, f"meta[{i}]") for i, m in enumerate(exp["meta"] or [])]
     for i, b in enumerate(exp["bases"]):
-        if not b["name"]:
+        if isinstance(b, dict) and not b.get("name"):
             raise ConfigError(f"{where}: bases[{i}] needs a learner name", f"bases[{i}].name")
+    exp["bases"] = [_checked(b, BASE_SCHEMA, f"bases[{i}]", BASE_RULES) for i, b in enumerate(exp["bases"])]
+    exp["meta"] = [_checked(m, META_SCHEMA, f"meta[{i}]", META_RULES) for i, m in enumerate(exp["meta"] or [])]
     exp["out"] = str(Path(out or exp["out"] or Path("experiments") / exp["name"]).expanduser().resolve())
     if device:
         exp["device"] = device
@@ -104,7 +123,10 @@ def load_experiment(source: str | Path | dict, *, out: str | Path | None = None,
 
 @dataclass
 class Step:
-    """One unit of the experiment. run(step, progress) trains/produces; status: new | resume | done."""
+    """One unit of the experiment. run(step, progress) trains/produces; status: new | resume |
+    done | stale (trained again from the start). inputs() -> what a training step is made from
+    (see `training_inputs`), computed when the step is reached (a meta step's bases are
+    trained by then)."""
     label: str
     kind: str                                   # "data" | "base" | "meta" | "compare"
     run: Callable
@@ -112,6 +134,47 @@ class Step:
     status: str = "new"
     seconds: float = 0.0
     info: dict = field(default_factory=dict)
+    inputs: Callable[[], dict] | None = None
+
+
+def training_inputs(cfg: dict, data_cfg: dict, base_runs: dict[str, Path] | None = None) -> dict:
+    """What a training step is made from: its resolved config (less NOT_AN_INPUT), the
+    fingerprint of its dataset (`data_cfg`) and the sha256 of each base run's checkpoint."""
+    import copy
+
+    from ensemble_mde.data.dataset import data_fingerprint
+    from ensemble_mde.io import file_sha256
+    from ensemble_mde.runs import resolve_checkpoint
+
+    config = copy.deepcopy(cfg)
+    for key in NOT_AN_INPUT:
+        config_mod.drop_key(config, key)
+    bases = {label: file_sha256(resolve_checkpoint(run)) for label, run in (base_runs or {}).items()}
+    return {"config": config, "data": data_fingerprint(data_cfg), "bases": bases}
+
+
+def _differences(old, new, prefix: str = "") -> list[str]:
+    """'key old -> new' for each dotted key whose value differs between two configs."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [d for k in sorted(set(old) | set(new), key=str) for d in _differences(old.get(k), new.get(k),
+                                                                                     f"{prefix}{k}.")]
+    return [] if old == new else [f"{prefix[:-1]} {old!r} -> {new!r}"]
+
+
+def stale_reason(recorded: dict | None, current: dict) -> str | None:
+    """Why a run made from the `recorded` inputs does not fit the `current` ones (None: it does)."""
+    if recorded is None:
+        return f"no record of the inputs it was trained with in {STEPS_FILE}"
+    reasons = []
+    changed = _differences(recorded.get("config"), current["config"])
+    if changed:
+        reasons.append("config " + "; ".join(changed[:3]) + (f" (and {len(changed) - 3} more)" if len(changed) > 3
+                                                             else ""))
+    if recorded.get("data") != current["data"]:
+        reasons.append("the dataset changed (its list files or synthetic.json differ)")
+    reasons += [f"base {label} was retrained" for label, sha in current["bases"].items()
+                if recorded.get("bases", {}).get(label) != sha]
+    return "; ".join(reasons) or None
 
 
 def run_status(run_dir: Path) -> str:
@@ -166,6 +229,7 @@ def plan(exp: dict, say=print) -> list[Step]:
                           "data.path")
 
     base_runs: dict[str, dict[int, Path]] = {}       # base label -> seed -> run folder
+    base_data: dict[str, dict] = {}                  # base label -> the data section it trains on
     for i, entry in enumerate(exp["bases"]):
         label = entry["run_name"] or entry["name"]
         if label in base_runs:
@@ -179,10 +243,13 @@ def plan(exp: dict, say=print) -> list[Step]:
             base_runs.setdefault(label, {})[seed] = run_dir
 
             def train(step, progress, cfg=cfg):
-                _, summary = train_base(cfg, resume=step.status == "resume", progress=progress)
+                _, summary = train_base(cfg, resume=step.status == "resume", force=step.status == "stale",
+                                        progress=progress)
                 step.info = summary
 
-            steps.append(Step(f"train {name}", "base", train, run_dir, run_status(run_dir)))
+            base_data[label] = cfg["data"]
+            steps.append(Step(f"train {name}", "base", train, run_dir, run_status(run_dir),
+                              inputs=lambda cfg=cfg: training_inputs(cfg, cfg["data"])))
 
     for i, entry in enumerate(exp["meta"]):
         chosen = entry["bases"] or list(base_runs)
@@ -202,19 +269,25 @@ def plan(exp: dict, say=print) -> list[Step]:
                 bases = [next(b["name"] for b in exp["bases"] if (b["run_name"] or b["name"]) == label)
                          for label in chosen]
                 overrides.append(f"data.path={json.dumps(str(data))}")
+                trained = {}
             else:                                   # the trained bases of this seed (else their first seed)
-                bases = [str(base_runs[label].get(seed, next(iter(base_runs[label].values())))) for label in chosen]
+                trained = {label: base_runs[label].get(seed, next(iter(base_runs[label].values())))
+                           for label in chosen}
+                bases = [str(run) for run in trained.values()]
             cfg = meta_config(inputs=entry["inputs"], mode=entry["mode"], bases=bases, config_file=entry["config"],
                               overrides=overrides, preset=entry["preset"])
             run_dir = runs_dir / name
 
             def train(step, progress, cfg=cfg):
-                _, summary = train_meta(cfg, resume=step.status == "resume", progress=progress,
-                                        say=lambda *a: None)
+                _, summary = train_meta(cfg, resume=step.status == "resume", force=step.status == "stale",
+                                        progress=progress, say=lambda *a: None)
                 step.info = summary
 
+            def inputs(cfg=cfg, trained=trained, data_cfg=base_data[chosen[0]]):
+                return training_inputs(cfg, data_cfg, trained)
+
             steps.append(Step(f"train {name} (meta {entry['inputs']} {entry['mode']})", "meta", train, run_dir,
-                              run_status(run_dir)))
+                              run_status(run_dir), inputs=inputs))
 
     run_dirs = [s.run_dir for s in steps if s.run_dir is not None]
 
@@ -239,19 +312,33 @@ def run_experiment(exp: dict, *, progress: bool = True, console=None) -> dict:
     """Run the plan: an overall progress bar of the steps, each step's own bars beneath it.
     Writes <out>/experiment.json (steps, status, seconds). Returns {"steps", "comparison",
     "report", "seconds"}."""
+    from rich.markup import escape
+
     from ensemble_mde.commands.compare import print_tables
-    from ensemble_mde.io import atomic_write_json
+    from ensemble_mde.io import atomic_write_json, read_json
     from ensemble_mde.progress import output_console, task_progress
 
     console = console or output_console()
     out = Path(exp["out"])
     out.mkdir(parents=True, exist_ok=True)
+    records_file = out / STEPS_FILE
+    recorded = read_json(records_file) if records_file.is_file() else {}
     started = time.perf_counter()
     with task_progress(progress) as bar:
         steps = plan(exp, say=bar.console.print)
         total = bar.add_task(f"experiment {exp['name']}", total=len(steps))
         for n, step in enumerate(steps, 1):
             bar.update(total, description=f"[{n}/{len(steps)}] {step.label}")
+            if step.inputs is not None:
+                current = step.inputs()
+                reason = stale_reason(recorded.get(step.label), current) if step.status != "new" else None
+                if reason:
+                    step.status = "stale"
+                    bar.console.print(f"[yellow]stale[/] {escape(step.label)} ({step.run_dir}): {escape(reason)}; "
+                                      "training it again from the start")
+                if step.status != "done":
+                    recorded[step.label] = current
+                    atomic_write_json(recorded, records_file)
             if step.status == "done":
                 bar.console.print(f"[dim]skip[/] {step.label} (finished: {step.run_dir or data_path(exp)})")
             else:

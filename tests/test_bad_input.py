@@ -141,13 +141,13 @@ def test_unknown_config_key(capsys, tmp_path, synth_root):
 
 
 def test_wrong_value_type(capsys, tmp_path, synth_root):
-    line = train_error(capsys, tmp_path, synth_root, "--set", "train.epochs=two")
-    assert line == "error: --set train.epochs=two: key 'train.epochs' expects int, got str 'two'"
+    line = train_error(capsys, tmp_path, synth_root, "--set", "train.val_batch_size=two")
+    assert line == "error: --set train.val_batch_size=two: key 'train.val_batch_size' expects int, got str 'two'"
 
 
 def test_worker_count_that_is_neither_auto_nor_a_count(capsys, tmp_path, synth_root):
     line = train_error(capsys, tmp_path, synth_root, "--set", "data.workers=-1")
-    assert line == "error: data.workers must be auto or a count >= 0, got -1"
+    assert line == "error: --set data.workers=-1: data.workers must be an int >= 0 or auto, got -1"
 
 
 def test_missing_pretrained_weights(capsys, tmp_path, synth_root):
@@ -190,12 +190,41 @@ def test_resume_into_a_run_of_another_learner(capsys, tmp_path, synth_root):
     assert sorted(p.name for p in run_dir.iterdir()) == ["last.pt"]          # left as it was
 
 
-def test_evaluate_a_truncated_checkpoint(capsys, tmp_path, synth_root):
+class CodeOnLoad:
+    """A pickle payload: unpickling it would call print."""
+
+    def __reduce__(self):
+        return (print, ("this ran",))
+
+
+def _truncated(ckpt):
+    ckpt.write_bytes(ckpt.read_bytes()[:4000])
+    return "the file is truncated or damaged (an interrupted copy or write?); copy it again or use another"
+
+
+def _empty(ckpt):
+    ckpt.write_bytes(b"")
+    return "the file is empty"
+
+
+def _text(ckpt):
+    ckpt.write_text("these are my notes, not weights\n")
+    return "not a PyTorch checkpoint"
+
+
+def _code(ckpt):
+    torch.save({"payload": CodeOnLoad()}, ckpt)
+    return ("it holds Python objects besides tensors and plain data, which could run code when loaded; only "
+            "weights are loaded (torch.load weights_only=True)")
+
+
+@pytest.mark.parametrize("damage", [_truncated, _empty, _text, _code])
+def test_a_checkpoint_that_cannot_load_is_said_in_our_words(capsys, tmp_path, synth_root, damage):
     ckpt = tmp_path / "best.pt"
     base_checkpoint(ckpt)
-    ckpt.write_bytes(ckpt.read_bytes()[:4000])
+    problem = damage(ckpt)
     code, line = run(capsys, "evaluate", ckpt, "--data", synth_root, "--device", "cpu")
-    assert code == 2 and line.startswith(f"error: {ckpt}: cannot load checkpoint (")
+    assert code == 2 and line == f"error: {ckpt}: cannot load checkpoint: {problem}"
 
 
 def test_meta_run_whose_base_checkpoint_changed(capsys, tmp_path, synth_root):

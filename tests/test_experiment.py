@@ -2,15 +2,17 @@
 the Python API; a second invocation (the CLI) skips the finished steps; compare's CLI and its
 one-line errors."""
 
+import copy
 import json
 import shutil
 
 import pytest
+import torch
 import yaml
 
 from conftest import run_cli
 from ensemble_mde.errors import ConfigError
-from ensemble_mde.experiment import load_experiment, override_list, plan, run_experiment
+from ensemble_mde.experiment import load_experiment, override_list, plan, run_experiment, stale_reason
 
 TWO_STEPS = {"data.workers": 0, "augment.crop": False,
              "train": {"epochs": 1, "batch_size": 4, "max_steps_per_epoch": 2, "val_batch_size": 4}}
@@ -47,19 +49,27 @@ def test_tiny_experiment_trains_compares_and_reports(finished):
     for run in ("meter_xxs", "bts", "meta_rgbd_freeze"):
         assert (out / "runs" / run / "summary.json").is_file() and (out / "runs" / run / "best.pt").is_file()
     names = [v.name for v in result["comparison"].variants]
-    assert names == ["meter_xxs", "bts", "Baseline (mean)", "Median", "Weighted (1/val RMSE)", "Oracle",
-                     "SG rgb+d freeze"]
+    assert names == ["meter_xxs", "bts", "Baseline (mean)", "Median", "Weighted (1/val RMSE)", "Oracle (selection)",
+                     "Oracle (convex blend)", "SG rgb+d freeze"]
     report = out / "report"
     for name in ("report.md", "accuracy.md", "accuracy.tex", "accuracy.csv", "accuracy.json", "compute.md",
                  "per_image.csv", "bootstrap.json", "qualitative.png", "weight_maps.png", "training_curves.png"):
         assert (report / name).is_file(), name
     text = (report / "report.md").read_text()
     assert "![qualitative](qualitative.png)" in text and "SG rgb+d freeze" in text
-    # two bases: the median is the mean, to the last digit; the oracle is at least as good as either base
+    saved = (out / "runs" / "meta_rgbd_freeze" / "config.yaml").read_text()
+    assert "&id" not in saved and "*id" not in saved              # values in full, not YAML anchors and aliases
+    # two bases: the median is the mean, to the last digit; the selection oracle is at least as good as either
+    # base in REL; the convex oracle at least as good as every row on every metric but SILog
     table = json.loads((report / "accuracy.json").read_text())
     rows = {r["name"]: r["values"] for r in table["rows"]}
     assert rows["Median"]["rmse"] == pytest.approx(rows["Baseline (mean)"]["rmse"], rel=1e-12)
-    assert rows["Oracle"]["abs_rel"] <= min(rows["meter_xxs"]["abs_rel"], rows["bts"]["abs_rel"]) + 1e-12
+    assert rows["Oracle (selection)"]["abs_rel"] <= min(rows["meter_xxs"]["abs_rel"], rows["bts"]["abs_rel"]) + 1e-12
+    convex = rows["Oracle (convex blend)"]
+    for name, values in rows.items():
+        for key in ("abs_rel", "rmse", "rmse_log", "log10"):
+            assert convex[key] <= values[key] + 1e-9, (name, key)
+    assert "Oracle (convex blend): per pixel the GT clipped into the range" in " ".join(table["notes"])
 
 
 def test_second_invocation_skips_finished_steps(finished):
@@ -131,3 +141,61 @@ def test_override_list_keeps_types():
     assert override_list(["train.epochs=2"], "o") == ["train.epochs=2"]
     with pytest.raises(ConfigError):
         override_list(["train.epochs"], "o")
+
+
+def test_each_base_runs_at_its_own_input_size_and_the_compute_counts_it(finished, capsys):
+    """meter_xxs trained at 48x64 (native), bts at 64x96: inside the ensemble each sees its own size,
+    on the grid of the larger one, and the ensemble's GMACs include both bases at those sizes."""
+    from ensemble_mde.cli import main
+    from ensemble_mde.loading import load_any_run
+    from ensemble_mde.profiling import count_gmacs
+
+    _, out, _ = finished
+    model, cfg = load_any_run(out / "runs" / "meta_rgbd_freeze")
+    assert cfg["data"]["size"] == [64, 96]                      # the larger base's size, whatever the order
+    seen = {}
+    for name, base in zip(model.names, model.bases):
+        base.register_forward_hook(lambda m, args, output, name=name: seen.update({name: tuple(args[0].shape[-2:])}))
+    outputs = model(torch.rand(1, 3, 64, 96))
+    assert seen == {"meter_xxs": (48, 64), "bts": (64, 96)}
+    assert tuple(outputs["base_depths"].shape) == (1, 2, 64, 96)
+
+    with pytest.raises(SystemExit):
+        main(["profile", str(out / "runs" / "meta_rgbd_freeze"), "--json", "--repeats", "1", "--device", "cpu"])
+    profile = json.loads(capsys.readouterr().out)
+    bases = count_gmacs(model.bases[0], (48, 64)) + count_gmacs(model.bases[1], (64, 96))
+    assert profile["input_size"] == [64, 96] and profile["gmacs"] > bases   # the U-Net comes on top of both
+
+
+def test_a_changed_experiment_reruns_its_stale_steps_and_says_why(tmp_path):
+    """Re-rendered data (synth seed 0 -> 1) makes the finished base run stale: it is trained again,
+    and a third invocation with the same file skips it."""
+    exp = copy.deepcopy(tiny_experiment(tmp_path / "out"))
+    exp["bases"] = exp["bases"][:1]
+    exp["meta"] = []
+    exp["compare"] = {"baselines": ["mean"], "bootstrap": 0, "measure": False, "figure_images": 0}
+    path = tmp_path / "one.yaml"
+    path.write_text(yaml.safe_dump(exp))
+    run_cli("experiment", path, "--no-progress", check=True)
+    best = tmp_path / "out" / "runs" / "meter_xxs" / "best.pt"
+    first = best.read_bytes()
+
+    exp["data"]["synth"]["seed"] = 1
+    path.write_text(yaml.safe_dump(exp))
+    proc = run_cli("experiment", path, "--no-progress", check=True)
+    assert "stale train meter_xxs" in proc.stdout and "the dataset changed" in proc.stdout
+    steps = json.loads((tmp_path / "out" / "experiment.json").read_text())["steps"]
+    assert [s["status"] for s in steps] == ["new", "stale", "new"]
+    assert best.read_bytes() != first
+
+    proc = run_cli("experiment", path, "--no-progress", check=True)
+    assert "skip train meter_xxs" in proc.stdout
+
+
+def test_stale_reason_names_what_changed():
+    recorded = {"config": {"train": {"epochs": 1}}, "data": "d0", "bases": {"bts": "h0", "ldrn": "h1"}}
+    assert stale_reason(recorded, recorded) is None
+    assert stale_reason(None, recorded).startswith("no record of the inputs")
+    current = {"config": {"train": {"epochs": 2}}, "data": "d1", "bases": {"bts": "h0", "ldrn": "h2"}}
+    assert stale_reason(recorded, current) == ("config train.epochs 1 -> 2; the dataset changed (its list files or "
+                                               "synthetic.json differ); base ldrn was retrained")

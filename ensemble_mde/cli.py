@@ -78,11 +78,14 @@ def main(argv: list[str] | None = None) -> None:
     if not getattr(args, "func", None):
         parser.print_help()
         sys.exit(0 if args.command is None else 2)
-    from ensemble_mde.distributed import env_rank
     from ensemble_mde.speed import keep_freed_memory
 
     keep_freed_memory()  # CPU page faults dominated large-image passes (benchmarks/NOTES.md)
-    rank = env_rank()
+    rank = 0
+    if "RANK" in os.environ:  # perhaps under torchrun; otherwise importing torch here is wasted time
+        from ensemble_mde.distributed import env_rank
+
+        rank = env_rank()
     prefix = f"[rank {rank}] " if rank else ""
     if rank:
         sys.stdout = open(os.devnull, "w", encoding="utf-8")

@@ -11,11 +11,12 @@ import pickle
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
-
-import torch
+from typing import TYPE_CHECKING, Any, Iterator
 
 from ensemble_mde.errors import CheckpointError, DataError, EnsembleError
+
+if TYPE_CHECKING:  # torch is imported by the two functions that need it: `data synth` writes no tensors
+    import torch
 
 
 def file_mode() -> int:
@@ -46,6 +47,8 @@ def atomic_write_with(path: Path, write) -> None:
 
 def atomic_save(obj: Any, path: str | Path) -> None:
     """torch.save to a temp file in the same folder, then rename over `path`."""
+    import torch
+
     atomic_write_with(Path(path), lambda f: torch.save(obj, f))
 
 
@@ -102,6 +105,8 @@ def _checkpoint_problem(path: Path, error: Exception) -> str:
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
     """Load a checkpoint with weights_only=True: a checkpoint can never run code."""
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise CheckpointError("checkpoint not found", path)

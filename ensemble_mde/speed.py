@@ -22,9 +22,10 @@ from __future__ import annotations
 import ctypes
 import os
 import sys
+from typing import TYPE_CHECKING
 
-import torch
-from torch import nn
+if TYPE_CHECKING:  # torch is imported where it is used: the CLI calls keep_freed_memory before every
+    from torch import nn  # command, and some (data synth, --version) need no torch at all
 
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4   # glibc mallopt parameters (malloc.h)
 NEVER_TRIM = -1                         # mallopt's int -1 is SIZE_MAX as a trim threshold
@@ -49,6 +50,8 @@ def keep_freed_memory() -> bool:
 
 def _fold_into(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
     """conv <- bn(conv(.)) with bn's running statistics (eval semantics)."""
+    import torch
+    from torch import nn
     scale = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps) if bn.affine else 1 / torch.sqrt(bn.running_var + bn.eps)
     shift = (bn.bias.detach() if bn.affine else 0) - bn.running_mean * scale
     bias = conv.bias.detach() if conv.bias is not None else torch.zeros_like(bn.running_mean)
@@ -59,6 +62,7 @@ def _fold_into(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
 def _last_conv(module: nn.Module) -> nn.Conv2d | None:
     """The convolution whose output a following BatchNorm sees: a Conv2d, or the last
     Conv2d of a Sequential made only of convolutions (a separable convolution)."""
+    from torch import nn
     if isinstance(module, nn.Conv2d):
         return module
     if (isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward and len(module)
@@ -71,6 +75,7 @@ def fold_batchnorm(model: nn.Module) -> int:
     """Folds every BatchNorm2d that directly follows a convolution in a Sequential into that
     convolution and replaces it by Identity (in place; for eval only: training would need
     the batch statistics). Returns the number folded."""
+    from torch import nn
     folded = 0
     for parent in list(model.modules()):
         if not isinstance(parent, nn.Sequential) or type(parent).forward is not nn.Sequential.forward:
@@ -89,6 +94,8 @@ def fold_batchnorm(model: nn.Module) -> int:
 def prepare_for_inference(model: nn.Module, compile: bool = False) -> nn.Module:
     """Eval mode, BatchNorm folded, channels_last; optionally torch.compile'd. In place;
     the result must not be trained."""
+    import torch
+
     model.eval()
     fold_batchnorm(model)
     model.to(memory_format=torch.channels_last)
@@ -98,5 +105,7 @@ def prepare_for_inference(model: nn.Module, compile: bool = False) -> nn.Module:
 def compile_for_inference(model: nn.Module) -> nn.Module:
     """torch.compile with inductor's freezing: parameters are taken as constants, so the
     result must only run under no_grad / inference_mode and never be trained."""
+    import torch
+
     return torch.compile(model, options={"freezing": True})
 

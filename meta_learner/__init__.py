@@ -1,14 +1,21 @@
 """The meta-learner: U-Net per-pixel weights over base depths, the stacked ensemble
 (freeze / finetune / simultaneous), averaging baselines, and the base-prediction cache."""
 
-from meta_learner.baselines import (BASELINES, ConvexOracleEnsemble, MeanEnsemble, MedianEnsemble, OracleEnsemble,
-                                    WeightedEnsemble)
-from meta_learner.cache import CachedMetaDataset, PredictionCache, cache_key, data_identity
-from meta_learner.ensemble import MODES, StackedEnsemble, blend
-from meta_learner.unet import WeightingUNet
+import importlib
 
-__all__ = [
-    "BASELINES", "MODES", "CachedMetaDataset", "ConvexOracleEnsemble", "MeanEnsemble", "MedianEnsemble", "OracleEnsemble",
-    "PredictionCache", "StackedEnsemble", "WeightedEnsemble", "WeightingUNet", "blend", "cache_key",
-    "data_identity",
-]
+# name -> the submodule defining it, imported on first use: the baselines and the cache do not
+# need the U-Net's segmentation-models-pytorch and timm (seconds of start-up).
+_EXPORTS = {
+    **dict.fromkeys(("BASELINES", "ConvexOracleEnsemble", "MeanEnsemble", "MedianEnsemble", "OracleEnsemble",
+                     "WeightedEnsemble"), "baselines"),
+    **dict.fromkeys(("CachedMetaDataset", "PredictionCache", "cache_key", "data_identity"), "cache"),
+    **dict.fromkeys(("MODES", "StackedEnsemble", "blend"), "ensemble"),
+    "WeightingUNet": "unet",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)

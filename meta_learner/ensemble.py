@@ -12,6 +12,7 @@ Modes (DESIGN.md §7):
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +22,9 @@ from base_learners.common import valid_mask
 from ensemble_mde.errors import ModelError
 from ensemble_mde.evaluation import resize_rgb
 from ensemble_mde.losses import silog_loss
-from meta_learner.unet import WeightingUNet
+
+if TYPE_CHECKING:  # the U-Net (segmentation-models-pytorch, timm) is built by its callers
+    from meta_learner.unet import WeightingUNet
 
 MODES = ("freeze", "finetune", "simultaneous")
 

@@ -490,3 +490,25 @@ def test_train_base_help_points_to_a_listing_that_exists(capsys):
     assert code == 0 and "ensemble profile --list" in out
     code, out, _ = cli(capsys, "profile", "--list")
     assert code == 0 and out.split() == ["adabins", "bts", "ldrn", "meter_s", "meter_xs", "meter_xxs"]
+
+
+PROBE = """
+import runpy, sys
+sys.argv = ["ensemble", *sys.argv[1:]]
+try:
+    runpy.run_module("ensemble_mde", run_name="__main__")
+except SystemExit:
+    pass
+print("imported:", " ".join(m for m in ("torch", "timm") if m in sys.modules))
+"""
+
+
+@pytest.mark.parametrize("args, heavy", [
+    (["--help"], ""),
+    (["data", "synth", "--out", "{tmp}/synth", "--train", "1", "--val", "0", "--test", "0", "--size", "8x8"], ""),
+    (["train-base", "meter_xxs", "--data", "{tmp}/missing"], "torch"),
+])
+def test_commands_import_only_what_they_use(tmp_path, args, heavy):
+    proc = subprocess.run([sys.executable, "-c", PROBE, *(a.format(tmp=tmp_path) for a in args)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.stdout.strip().splitlines()[-1] == f"imported: {heavy}".strip(), proc.stderr

@@ -5,20 +5,20 @@ synthetic set, written in the DenseDepth layout), the dataset, augmentation, che
     train_set = build_dataset(cfg, "train")   # cfg: the resolved config (data, augment, run)
 """
 
-from ensemble_mde.data.augment import augment_rng, augment_sample, draw_params, warp
-from ensemble_mde.data.dataset import (
-    DepthDataset,
-    build_dataset,
-    eigen_crop_default,
-    loader_workers,
-    open_source,
-    scene_split,
-    split_records,
-)
-from ensemble_mde.data.readers import FORMATS, NYU_FOCAL, Record, detect_format, load_depth, load_rgb
+import importlib
 
-__all__ = [
-    "DepthDataset", "FORMATS", "NYU_FOCAL", "Record", "augment_rng", "augment_sample", "build_dataset",
-    "detect_format", "draw_params", "eigen_crop_default", "load_depth", "loader_workers", "load_rgb", "open_source",
-    "scene_split", "split_records", "warp",
-]
+# name -> the submodule defining it, imported on first use: `ensemble data synth` (numpy and PIL)
+# then starts without torch, which the dataset and augmentation modules import.
+_EXPORTS = {
+    **dict.fromkeys(("augment_rng", "augment_sample", "draw_params", "warp"), "augment"),
+    **dict.fromkeys(("DepthDataset", "build_dataset", "eigen_crop_default", "loader_workers", "open_source",
+                     "scene_split", "split_records"), "dataset"),
+    **dict.fromkeys(("FORMATS", "NYU_FOCAL", "Record", "detect_format", "load_depth", "load_rgb"), "readers"),
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)

@@ -335,7 +335,7 @@ def run_experiment(exp: dict, *, progress: bool = True, console=None) -> dict:
                 if reason:
                     step.status = "stale"
                     bar.console.print(f"[yellow]stale[/] {escape(step.label)} ({step.run_dir}): {escape(reason)}; "
-                                      "training it again from the start")
+                                      "training it again from the start", soft_wrap=True)
                 if step.status != "done":
                     recorded[step.label] = current
                     atomic_write_json(recorded, records_file)

@@ -167,7 +167,18 @@ def test_each_base_runs_at_its_own_input_size_and_the_compute_counts_it(finished
     assert profile["input_size"] == [64, 96] and profile["gmacs"] > bases   # the U-Net comes on top of both
 
 
-def test_a_changed_experiment_reruns_its_stale_steps_and_says_why(tmp_path):
+def experiment_cli(capsys, path) -> str:
+    """stdout of `ensemble experiment PATH --no-progress` run in this process (it must succeed)."""
+    from ensemble_mde.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["experiment", str(path), "--no-progress"])
+    out, err = capsys.readouterr()
+    assert e.value.code == 0, err
+    return out
+
+
+def test_a_changed_experiment_reruns_its_stale_steps_and_says_why(tmp_path, capsys):
     """Re-rendered data (synth seed 0 -> 1) makes the finished base run stale: it is trained again,
     and a third invocation with the same file skips it."""
     exp = copy.deepcopy(tiny_experiment(tmp_path / "out"))
@@ -176,20 +187,19 @@ def test_a_changed_experiment_reruns_its_stale_steps_and_says_why(tmp_path):
     exp["compare"] = {"baselines": ["mean"], "bootstrap": 0, "measure": False, "figure_images": 0}
     path = tmp_path / "one.yaml"
     path.write_text(yaml.safe_dump(exp))
-    run_cli("experiment", path, "--no-progress", check=True)
+    experiment_cli(capsys, path)
     best = tmp_path / "out" / "runs" / "meter_xxs" / "best.pt"
     first = best.read_bytes()
 
     exp["data"]["synth"]["seed"] = 1
     path.write_text(yaml.safe_dump(exp))
-    proc = run_cli("experiment", path, "--no-progress", check=True)
-    assert "stale train meter_xxs" in proc.stdout and "the dataset changed" in proc.stdout
+    out = experiment_cli(capsys, path)
+    assert "stale train meter_xxs" in out and "the dataset changed" in out
     steps = json.loads((tmp_path / "out" / "experiment.json").read_text())["steps"]
     assert [s["status"] for s in steps] == ["new", "stale", "new"]
     assert best.read_bytes() != first
 
-    proc = run_cli("experiment", path, "--no-progress", check=True)
-    assert "skip train meter_xxs" in proc.stdout
+    assert "skip train meter_xxs" in experiment_cli(capsys, path)
 
 
 def test_stale_reason_names_what_changed():

@@ -53,7 +53,7 @@ def build_models(learners: list[str], meta_overrides: list[str]) -> dict[str, tu
     """name -> (model taking rgb, K base maps its training step reads from the cache or 0);
     `meta_overrides`: `--set` lines for the meta-learner's config."""
     cfgs = {name: load_config(["defaults", f"base/{name}"]) for name in learners}
-    bases = [runs.build_learner(cfgs[name]).eval() for name in learners]
+    bases = [runs.build_learner(cfgs[name], init_weights=False).eval() for name in learners]
     meta_cfg = load_config(["defaults", "meta/unet"], overrides=meta_overrides)
     meta = WeightingUNet(len(bases), max_depth=meta_cfg["data"]["max_depth"], **meta_cfg["meta"])
     ensemble = StackedEnsemble(bases, meta, learners, mode="freeze").eval()
@@ -184,7 +184,7 @@ def loader_vs_step(device: torch.device, frames: int = 160) -> dict:
         size = tuple(batch["rgb"].shape[-2:])
     loader_img_s = counted / loader_s
     # A training step's time does not depend on the pixels: random frames of the loader's shape.
-    step_img_s = training_images_per_s(runs.build_learner(cfg), size, batch_size, device, steps=7)
+    step_img_s = training_images_per_s(runs.build_learner(cfg, init_weights=False), size, batch_size, device, steps=7)
     return {"learner": DEMO_LEARNER, "frame": [96, 128], "size": list(cfg["data"]["size"]), "batch": batch_size,
             "workers": workers, "loader_img_s": round(loader_img_s, 1), "train_step_img_s": round(step_img_s, 1),
             "ratio": round(loader_img_s / step_img_s, 2)}

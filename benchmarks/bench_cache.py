@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> dict:
         bases, hashes = [], []
         for name in names:  # checkpoint files, as trained bases would have (the cache keys on them)
             base_cfg = load_config(["defaults", f"base/{name}"])
-            model = base_learners.create(name, **runs.model_kwargs(base_cfg)).eval()
+            model = base_learners.create(name, **runs.model_kwargs(base_cfg, init_weights=False)).eval()
             atomic_save(runs.checkpoint_payload(model, base_cfg), tmp / f"{name}.pt")
             bases.append(model)
             hashes.append(file_sha256(tmp / f"{name}.pt"))

@@ -18,6 +18,9 @@ import yaml
 from ensemble_mde.errors import ConfigError
 
 PRESETS_KEY = "presets"
+# Keys whose packaged default is a bool that also take a file path (weights: true = timm's
+# ImageNet weights, false = random init, a path = a local file).
+BOOL_OR_PATH_KEYS = ("model.pretrained", "meta.pretrained")
 
 
 def packaged_config_path(name: str) -> Path:
@@ -82,6 +85,8 @@ def _float_or_same(value: Any) -> Any:
 def _coerce(value: Any, default: Any, key: str, source: str) -> Any:
     """Check `value` against the type of the packaged `default` (None and "auto" accept anything)."""
     if default is None or value is None or default == "auto":
+        return value
+    if key in BOOL_OR_PATH_KEYS and isinstance(value, str):
         return value
     if isinstance(default, bool):
         ok = isinstance(value, bool)
@@ -179,6 +184,22 @@ def load_config(
         cfg = merge(cfg, user, strict=True, source=str(config_file))
     for text in overrides:
         cfg = merge(cfg, parse_override(text), strict=True, source=f"--set {text}")
+    return cfg
+
+
+def upgrade_saved(cfg: dict) -> dict:
+    """A run config saved by an earlier version, in today's keys (in place; returned):
+    `pretrained_path` (a local file or null) became `pretrained`; `augment.color_range`
+    (one range for brightness, contrast and channel factors) became one range each, with
+    no gamma."""
+    for section in ("model", "meta"):
+        part = cfg.get(section)
+        if isinstance(part, dict) and "pretrained_path" in part:
+            part["pretrained"] = part.pop("pretrained_path") or False
+    augment = cfg.get("augment")
+    if isinstance(augment, dict) and "color_range" in augment:
+        span = list(augment.pop("color_range"))
+        augment.update(gamma=[1.0, 1.0], brightness=span, contrast=span, channel=span)
     return cfg
 
 

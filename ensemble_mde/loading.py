@@ -48,4 +48,4 @@ def packaged_learner(name: str, num_learners: int = 3):
     if name not in base_learners.available():
         base_learners.create(name)  # raises the ModelError naming the closest learner
     cfg = config_mod.load_config(["defaults", f"base/{name}"])
-    return runs.build_learner(cfg).eval(), cfg
+    return runs.build_learner(cfg, init_weights=False).eval(), cfg

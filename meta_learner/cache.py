@@ -244,4 +244,5 @@ class CachedMetaDataset(torch.utils.data.Dataset):
         if self.cfg_augment is None:
             return {**sample, "base_depths": base_depths}
         rng = augment_rng(self.seed, self.epoch, index)
-        return augment_sample(sample, rng, self.cfg_augment, {"base_depths": base_depths}, extra_mode="bilinear")
+        return augment_sample(sample, rng, self.cfg_augment, {"base_depths": base_depths}, extra_mode="bilinear",
+                              synthetic=self.dataset.is_synthetic)

@@ -79,6 +79,8 @@ def resolve_bases(cfg: dict) -> list[dict]:
                              "data": base_cfg["data"], "input_size": base_cfg["run"].get("input_size")})
         elif mode == "simultaneous" and str(entry) in base_learners.available():
             base_cfg = config_mod.load_config(["defaults", f"base/{entry}"])
+            if "pretrained" in base_cfg["model"]:
+                base_cfg["model"]["pretrained"] = bool(cfg["ensemble"]["base_pretrained"])
             resolved.append({"name": str(entry), "run": None, "sha256": None, "model": base_cfg["model"],
                              "data": None, "input_size": None})
         else:
@@ -91,10 +93,13 @@ def resolve_bases(cfg: dict) -> list[dict]:
     return resolved
 
 
-def build_ensemble(cfg: dict) -> StackedEnsemble:
-    """The stacked ensemble as cfg["ensemble"]["resolved"] describes it (fresh weights)."""
+def build_ensemble(cfg: dict, init_weights: bool = True) -> StackedEnsemble:
+    """The stacked ensemble as cfg["ensemble"]["resolved"] describes it, before any checkpoint
+    is loaded. Bases that come from a run get no initial weights (theirs replace them); fresh
+    ones (simultaneous mode) get their config's, as does the meta-learner, when init_weights."""
     resolved = cfg["ensemble"]["resolved"]
-    bases = [base_learners.create(r["model"]["name"], **runs.model_kwargs({"model": r["model"]})) for r in resolved]
+    bases = [base_learners.create(r["model"]["name"], **runs.model_kwargs(
+        {"model": r["model"]}, init_weights=init_weights and not r["run"])) for r in resolved]
     meta = WeightingUNet(len(bases), max_depth=cfg["data"]["max_depth"], **cfg["meta"])
     return StackedEnsemble(bases, meta, [r["name"] for r in resolved], mode=cfg["ensemble"]["mode"],
                            min_depth=cfg["data"]["min_depth"], max_depth=cfg["data"]["max_depth"])

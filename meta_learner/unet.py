@@ -24,6 +24,7 @@ flops/2; the SG work: 4.27M params / 1.66 G): see tests/test_meta_learner.py.
 
 from __future__ import annotations
 
+import re
 from collections import OrderedDict
 from pathlib import Path
 
@@ -35,8 +36,8 @@ from torch import nn
 
 from base_learners.blocks import UpFuse
 from base_learners.common import IMAGENET_MEAN, IMAGENET_STD, pad_to_multiple
-from base_learners.ghostnet import load_ghostnet_weights
-from ensemble_mde.errors import ModelError
+from base_learners.encoders import read_state_dict
+from ensemble_mde.errors import CheckpointError, ModelError
 
 INPUT_KINDS = ("rgb", "d", "rgb+d")
 INPUT_MULTIPLE = 32      # five stride-2 stages
@@ -67,7 +68,7 @@ class WeightingUNet(nn.Module):
     def __init__(self, num_learners: int, inputs: str = "rgb+d", encoder_name: str = DEFAULT_ENCODER,
                  center_channels: int = DEFAULT_CENTER_CHANNELS,
                  decoder_channels: tuple[int, ...] | list[int] = DEFAULT_DECODER_CHANNELS,
-                 max_depth: float = 10.0, pretrained_path: str | Path | None = None):
+                 max_depth: float = 10.0, pretrained: str | Path | bool = False):
         super().__init__()
         if inputs not in INPUT_KINDS:
             raise ModelError(f"meta inputs must be one of {', '.join(INPUT_KINDS)}, got {inputs!r}", "meta.inputs")
@@ -102,8 +103,8 @@ class WeightingUNet(nn.Module):
         nn.init.zeros_(self.head.bias)
         self.register_buffer("rgb_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("rgb_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
-        if pretrained_path:
-            self.load_encoder_weights(pretrained_path)
+        if pretrained:
+            self.load_encoder_weights(pretrained)
 
     def network_input(self, rgb: torch.Tensor | None, base_depths: torch.Tensor | None) -> torch.Tensor:
         """[B, in_channels, H, W]: normalised RGB and/or depths / max_depth."""
@@ -162,8 +163,12 @@ class WeightingUNet(nn.Module):
         the classifier is ignored). The RGB first conv is widened to this network's inputs:
         RGB filters stay, each depth channel gets the mean RGB filter."""
         rgb_body = timm.create_model(self.timm_name, features_only=True, pretrained=False)
-        load_ghostnet_weights(rgb_body, path)   # timm key mapping and fit checks
-        state = rgb_body.state_dict()
+        state = {re.sub(r"^blocks\.(\d+)\.", r"blocks_\1.", k): v for k, v in read_state_dict(Path(path)).items()}
+        own = rgb_body.state_dict()
+        missing = [k for k in own if k not in state or state[k].shape != own[k].shape]
+        if missing:
+            raise CheckpointError(f"weights do not fit timm {self.timm_name}: missing or mis-shaped {missing[:4]}", path)
+        state = {k: state[k] for k in own}
         first = next(k for k, v in state.items() if v.ndim == 4)
         rgb_filters = state[first]
         depth_filters = rgb_filters.mean(dim=1, keepdim=True).expand(-1, self.num_learners, -1, -1)

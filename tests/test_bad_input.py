@@ -151,9 +151,9 @@ def test_worker_count_that_is_neither_auto_nor_a_count(capsys, tmp_path, synth_r
 
 
 def test_missing_pretrained_weights(capsys, tmp_path, synth_root):
-    line = train_error(capsys, tmp_path, synth_root, "--set", f"model.pretrained_path={tmp_path / 'w.pth'}",
+    line = train_error(capsys, tmp_path, synth_root, "--set", f"model.pretrained={tmp_path / 'w.pth'}",
                        learner="ldrn")
-    assert line == f"error: {tmp_path / 'w.pth'}: pretrained weights file not found (model.pretrained_path)"
+    assert line == f"error: {tmp_path / 'w.pth'}: pretrained weights file not found (model.pretrained)"
 
 
 def test_run_folder_that_cannot_be_created(capsys, tmp_path, synth_root):

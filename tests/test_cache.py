@@ -17,7 +17,8 @@ from conftest import TinyLearner
 H, W = 24, 32
 N = 6
 AUGMENT = {"enabled": True, "rotate_deg": 2.5, "crop": True, "crop_size": [20, 28], "flip": 1.0,
-           "color": 1.0, "color_range": [0.9, 1.1]}
+           "color": 1.0, "gamma": [0.9, 1.1], "brightness": [0.75, 1.25], "contrast": [1.0, 1.0],
+           "channel": [0.9, 1.1]}
 FP16 = dict(rtol=1e-3, atol=1e-3)   # float16 keeps 11 significant bits: relative error <= 2**-11
 
 
@@ -35,6 +36,8 @@ class FailingLearner(TinyLearner):
 
 class FrameDataset(torch.utils.data.Dataset):
     """N un-augmented samples in the project's sample format."""
+
+    is_synthetic = True
 
     def __init__(self, n: int = N, seed: int = 0):
         g = torch.Generator().manual_seed(seed)

@@ -114,7 +114,7 @@ def test_unet_loads_local_encoder_weights_widening_the_first_conv(tmp_path):
     classifier = timm.create_model("ghostnet_100", pretrained=False)   # what an ImageNet checkpoint holds
     path = tmp_path / "ghostnet_100.pth"
     torch.save(classifier.state_dict(), path)
-    unet = WeightingUNet(2, "rgb+d", pretrained_path=path, **SMALL_UNET)
+    unet = WeightingUNet(2, "rgb+d", pretrained=path, **SMALL_UNET)
     rgb_filters = classifier.conv_stem.weight
     stem = unet.encoder.model.conv_stem.weight
     assert torch.equal(stem[:, :3], rgb_filters)

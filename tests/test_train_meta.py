@@ -16,8 +16,9 @@ TINY = ["--epochs", "1", "--batch-size", "4", "--device", "cpu", "--no-progress"
 def bases(synth_root, tmp_path_factory):
     runs_dir = tmp_path_factory.mktemp("runs")
     for name in ("bts", "meter_xxs"):
+        weights = ["--set", "model.pretrained=false"] if name == "bts" else []
         run_cli("train-base", name, "--data", synth_root, "--out", runs_dir / name, *TINY,
-                "--set", "data.size=null", check=True)
+                "--set", "data.size=null", *weights, check=True)
     return runs_dir
 
 
@@ -60,7 +61,7 @@ def test_freeze_meta_run_is_self_describing(bases, synth_root, tmp_path):
 def test_simultaneous_accepts_learner_names(synth_root, tmp_path):
     out = tmp_path / "sim"
     run_cli("train-meta", "--inputs", "rgb", "--simultaneous", "--bases", "bts,meter_xxs", "--data", synth_root,
-            "--out", out, *TINY, "--set", "data.size=null", check=True)
+            "--out", out, *TINY, "--set", "data.size=null", "--set", "ensemble.base_pretrained=false", check=True)
     terms = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     train_terms = [t for t in terms if t["type"] == "train"][-1]
     assert {"silog", "base_bts", "base_meter_xxs", "total"} <= set(train_terms)

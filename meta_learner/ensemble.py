@@ -1,4 +1,5 @@
-"""The stacked ensemble: K base learners, a weighting U-Net, depth = sum_k W_k * D_k.
+"""The stacked ensemble: K base learners and the weighting network; depth = sum_k W_k * D_k
+(or, with the relaxed head, the network's own depth).
 
 Modes (DESIGN.md §7):
 - "freeze": bases fixed in eval mode (no gradients); only the meta-learner trains. Base
@@ -19,7 +20,7 @@ from torch import nn
 from base_learners.common import valid_mask
 from ensemble_mde.errors import ModelError
 from ensemble_mde.losses import silog_loss
-from meta_learner.unet import WeightingUNet
+from meta_learner.weighting import WeightingNetwork
 
 MODES = ("freeze", "finetune", "simultaneous")
 
@@ -45,11 +46,11 @@ def run_bases(bases: nn.ModuleList, names: list[str], rgb: torch.Tensor) -> tupl
 
 class StackedEnsemble(nn.Module):
     """forward(rgb [B,3,H,W] in [0,1], base_depths [B,K,H,W] | None) ->
-    {"depth": [B,1,H,W], "weights": [B,K,H,W], "base_depths": [B,K,H,W]}
+    {"depth": [B,1,H,W], "weights": [B,K,H,W] (softmax head only), "base_depths": [B,K,H,W]}
     (+ "base_outputs": each base's output dict, when the bases ran)."""
 
-    def __init__(self, bases: list[nn.Module], meta: WeightingUNet, names: list[str], mode: str = "freeze",
-                 min_depth: float = 1e-3, max_depth: float | None = None):
+    def __init__(self, bases: list[nn.Module], meta: WeightingNetwork, names: list[str], mode: str = "freeze",
+                 min_depth: float = 1e-3, max_depth: float = 10.0):
         super().__init__()
         names = [str(n) for n in names]
         if len(bases) != len(names) or len(set(names)) != len(names):
@@ -62,7 +63,7 @@ class StackedEnsemble(nn.Module):
         self.meta = meta
         self.names = names
         self.min_depth = float(min_depth)
-        self.max_depth = float(meta.max_depth if max_depth is None else max_depth)
+        self.max_depth = float(max_depth)
         self.mode = "freeze"
         self.set_mode(mode)
 
@@ -91,8 +92,11 @@ class StackedEnsemble(nn.Module):
         base_outputs = None
         if base_depths is None:
             base_depths, base_outputs = self.run_bases(rgb)
-        weights = self.meta(rgb, base_depths)
-        out = {"depth": blend(weights, base_depths), "weights": weights, "base_depths": base_depths}
+        meta = self.meta(rgb, base_depths)
+        if "weights" in meta:
+            out = {"depth": blend(meta["weights"], base_depths), "weights": meta["weights"], "base_depths": base_depths}
+        else:  # the relaxed head: depth directly, no weights
+            out = {"depth": meta["depth"], "base_depths": base_depths}
         if base_outputs is not None:
             out["base_outputs"] = base_outputs
         return out
@@ -123,5 +127,5 @@ class StackedEnsemble(nn.Module):
         return groups
 
     def selectable_layers(self) -> "OrderedDict[str, nn.Module]":
-        """The meta U-Net's stages: enc_0..enc_4, center, dec_0.. (one per decoder width)."""
+        """The weighting network's stages (`WeightingNetwork.selectable_layers`)."""
         return self.meta.selectable_layers()

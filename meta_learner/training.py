@@ -1,5 +1,5 @@
 """`train-meta`: pick the bases, build the stacked ensemble, fill the prediction cache
-(freeze mode), and train the weighting U-Net with the shared engine.
+(freeze mode with cached base inputs), and train the weighting network with the shared engine.
 
     cfg = meta_config(inputs="rgb+d", mode="freeze", bases=["runs/adabins", "runs/bts"])
     run_dir, summary = train_meta(cfg)
@@ -23,14 +23,15 @@ from ensemble_mde.pipeline import build_splits, finalize_paths, preflight
 from meta_learner.cache import CachedMetaDataset, PredictionCache, data_identity
 from meta_learner.ensemble import MODES, StackedEnsemble
 from meta_learner.loading import check_bases_unchanged
-from meta_learner.unet import WeightingUNet
+from meta_learner.weighting import DEFAULT_ENCODER, HEADS, INPUT_KINDS, build_weighting
 
 DEFAULT_BASES = ("adabins", "bts", "ldrn")
+BASE_INPUTS = ("cached", "live")
 
 
 def meta_config(*, inputs: str | None = None, mode: str | None = None, bases=None, config_file=None,
                 overrides=(), preset=None) -> dict:
-    """Resolved meta config: defaults < meta/unet < preset < file < overrides < the named choices."""
+    """Resolved meta config: defaults < meta/weighting < preset < file < overrides < the named choices."""
     extra = list(overrides)
     if inputs:
         extra.append(f"meta.inputs={inputs}")
@@ -38,11 +39,11 @@ def meta_config(*, inputs: str | None = None, mode: str | None = None, bases=Non
         extra.append(f"ensemble.mode={mode}")
     if bases:
         extra.append("ensemble.bases=[" + ", ".join(json.dumps(str(b)) for b in bases) + "]")
-    cfg = config_mod.load_config(["defaults", "meta/unet"], config_file, extra, preset)
-    if cfg["meta"]["inputs"] not in ("rgb", "d", "rgb+d"):
-        raise ConfigError(f"meta.inputs must be rgb, d or rgb+d, got {cfg['meta']['inputs']!r}", "meta.inputs")
-    if cfg["ensemble"]["mode"] not in MODES:
-        raise ConfigError(f"ensemble.mode must be one of {', '.join(MODES)}", "ensemble.mode")
+    cfg = config_mod.load_config(["defaults", "meta/weighting"], config_file, extra, preset)
+    for key, allowed in (("meta.inputs", INPUT_KINDS), ("meta.head", HEADS), ("ensemble.mode", MODES),
+                         ("ensemble.base_inputs", BASE_INPUTS)):
+        if config_mod.get(cfg, key) not in allowed:
+            raise ConfigError(f"{key} must be one of {', '.join(allowed)}, got {config_mod.get(cfg, key)!r}", key)
     return cfg
 
 
@@ -100,7 +101,7 @@ def build_ensemble(cfg: dict, init_weights: bool = True) -> StackedEnsemble:
     resolved = cfg["ensemble"]["resolved"]
     bases = [base_learners.create(r["model"]["name"], **runs.model_kwargs(
         {"model": r["model"]}, init_weights=init_weights and not r["run"])) for r in resolved]
-    meta = WeightingUNet(len(bases), max_depth=cfg["data"]["max_depth"], **cfg["meta"])
+    meta = build_weighting(cfg, len(bases), init_weights)
     return StackedEnsemble(bases, meta, [r["name"] for r in resolved], mode=cfg["ensemble"]["mode"],
                            min_depth=cfg["data"]["min_depth"], max_depth=cfg["data"]["max_depth"])
 
@@ -113,8 +114,24 @@ def load_base_weights(ensemble: StackedEnsemble, resolved: list[dict]) -> None:
             runs.load_state(base, runs.read_checkpoint(path)["model"], path, r["model"]["name"])
 
 
+def variant_parts(cfg: dict) -> list[str]:
+    """What tells a meta variant apart, e.g. ["rgb+d", "freeze", "live", "mobilenetv2_100",
+    "relaxed"]: inputs and mode, then what differs from the study's network and our
+    cached freeze mode. `.get`: configs of runs made before these keys existed."""
+    meta, ensemble = cfg["meta"], cfg["ensemble"]
+    parts = [meta["inputs"], ensemble["mode"]]
+    if ensemble["mode"] == "freeze" and ensemble.get("base_inputs", "cached") == "live":
+        parts.append("live")
+    if meta.get("encoder", DEFAULT_ENCODER) != DEFAULT_ENCODER:
+        parts.append(meta["encoder"])
+    if meta.get("head", "softmax") != "softmax":
+        parts.append(meta["head"])
+    return parts
+
+
 def run_name(cfg: dict) -> str:
-    return f"meta_{cfg['meta']['inputs'].replace('+', '')}_{cfg['ensemble']['mode']}"
+    """The default run folder name, e.g. meta_rgbd_freeze or meta_rgbd_freeze_live_relaxed."""
+    return "_".join(["meta", *(part.replace("+", "") for part in variant_parts(cfg))])
 
 
 def train_meta(cfg: dict, *, resume: bool = False, progress: bool = True, say=print):
@@ -146,9 +163,12 @@ def train_meta(cfg: dict, *, resume: bool = False, progress: bool = True, say=pr
     ensemble = build_ensemble(cfg)
     load_base_weights(ensemble, resolved)
 
-    if mode == "freeze":  # neither training nor validation runs the frozen bases again
+    if mode == "freeze" and cfg["ensemble"]["base_inputs"] == "cached":
+        # neither training nor validation runs the frozen bases again
         train_set = cached_split(cfg, ensemble, "train", device, progress)
         val_set = cached_split(cfg, ensemble, "val", device, progress)
+    # otherwise the bases run on every batch: in freeze mode frozen, in eval mode and without
+    # gradients, on the augmented crops the meta-learner sees (the study's protocol)
     factor = 1.0 if mode == "simultaneous" else float(cfg["ensemble"]["base_lr_factor"])
     groups = ensemble.param_groups(float(cfg["train"]["lr"]), factor)
     summary = train(ensemble, cfg, train_set, val_set, run_dir, device=device, eigen_crop=eigen_crop,

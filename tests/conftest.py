@@ -93,3 +93,23 @@ def hf_cache(tmp_path, monkeypatch):
 
     write.home = home
     return write
+
+
+def stage_report(model: nn.Module, paths, *inputs) -> dict:
+    """{module path: (output shape without the batch, its parameter count)} for one forward
+    pass of `model(*inputs)` under no_grad: a torchinfo-like row per named stage."""
+    shapes = {}
+
+    def record(path):
+        def hook(module, args, output):
+            shapes[path] = tuple(output.shape[1:])
+        return hook
+
+    handles = [model.get_submodule(path).register_forward_hook(record(path)) for path in paths]
+    try:
+        with torch.no_grad():
+            model(*inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    return {path: (shapes[path], sum(p.numel() for p in model.get_submodule(path).parameters())) for path in paths}

@@ -206,7 +206,8 @@ def test_meta_run_whose_base_checkpoint_changed(capsys, tmp_path, synth_root):
         base_checkpoint(path, seed)
     cfg = meta_config(mode="freeze", bases=[str(p.parent) for p in bases], overrides=[f"data.path={synth_root}"])
     cfg["ensemble"]["resolved"] = resolve_bases(cfg)
-    atomic_save(runs.checkpoint_payload(build_ensemble(cfg), cfg, kind="meta"), tmp_path / "meta" / "best.pt")
+    atomic_save(runs.checkpoint_payload(build_ensemble(cfg, init_weights=False), cfg, kind="meta"),
+                tmp_path / "meta" / "best.pt")
     base_checkpoint(bases[1], seed=7)                                         # retrained since
     code, line = run(capsys, "evaluate", tmp_path / "meta", "--data", synth_root, "--device", "cpu")
     assert code == 2 and line.startswith(f"error: {bases[1]}: base 'meter_xxs:b' checkpoint changed since the "

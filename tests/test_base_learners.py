@@ -11,7 +11,7 @@ import torch
 import base_learners
 from base_learners.bts import planar_guidance_depth, plane_from_params
 from base_learners.encoders import TimmEncoder
-from conftest import run_cli
+from conftest import run_cli, stage_report
 from ensemble_mde.errors import CheckpointError, ModelError
 from ensemble_mde.profiling import count_params
 
@@ -261,21 +261,7 @@ STAGES = {
 def test_decoder_stages_match_the_study_summary(name):
     torch.manual_seed(0)
     model = base_learners.create(name).eval()
-    stages, shapes = STAGES[name], {}
-    def record(path):
-        def hook(module, inputs, output):
-            shapes[path] = tuple(output.shape[1:])
-        return hook
-
-    handles = [model.get_submodule(path).register_forward_hook(record(path)) for path in stages]
-    try:
-        with torch.no_grad():
-            model(torch.rand(1, 3, 416, 544))
-    finally:
-        for h in handles:
-            h.remove()
-    for path, (shape, params) in stages.items():
-        assert (shapes[path], count_params(model.get_submodule(path))) == (shape, params), path
+    assert stage_report(model, STAGES[name], torch.rand(1, 3, 416, 544)) == STAGES[name]
 
 
 def test_adabins_reads_its_queries_off_padded_tokens_on_small_inputs():

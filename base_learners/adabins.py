@@ -1,103 +1,87 @@
-"""AdaBins (Bhat et al., CVPR 2021) on a GhostNet encoder, as in the SG ensemble work:
-depthwise-separable decoder convolutions, convolution before interpolation.
+"""AdaBins (Bhat et al., CVPR 2021) on a GhostNet encoder, as the SG study built it
+(sincostanx/Undergrad-Thesis: models/unet_adaptive_bins.py, miniViT.py, layers.py;
+architecture/MOD-adabins.txt; our own implementation).
 
-Facts from the public AdaBins code (shariqfarooq123/AdaBins, models/unet_adaptive_bins.py,
-models/miniViT.py, models/layers.py; our own implementation):
-- U-Net decoder: a 1x1 bottleneck on the deepest feature, four up blocks with skips
-  (upsample, concat skip, two conv-BN-LeakyReLU), then a conv to 128 channels at 1/2 of
-  the input resolution.
-- mini-ViT: 16x16 patch embedding (a conv with kernel = stride = 16) to E=128, learned
-  positional encodings, 4 post-norm transformer encoder layers (4 heads, FFN 1024,
-  dropout 0.1, ReLU); output token 0 -> MLP 128-256-256-n_bins (LeakyReLU) -> bin widths
-  (ReLU(y) + 0.1, normalised to sum 1, scaled to max-min); tokens 1..128 -> dot product
-  with a 3x3 conv of the decoder features -> 128 range-attention maps -> 1x1 conv ->
-  softmax over n_bins; edges = min + cumsum(widths); depth = sum_k p_k * centre_k.
-- Loss: SILog + 0.1 x chamfer(bin centres, valid GT depths).
+- Encoder: the study's GhostNet, the 960 channels projected to 2048.
+- Decoder (`UNetTrunk`, width 2048): a 1x1 conv, four up blocks (separable conv, then
+  bilinear interpolation to the skip, concat) to 128 + 16 channels at 1/2 resolution, then a
+  separable conv (ReLU after the depthwise half) to 128 channels.
+- mini-ViT: 16x16 patch embedding (a conv with kernel = stride = 16) to E=128, learned 1-D
+  positional encodings (500 x 128, torch.rand init) added in raster order, 4 post-norm
+  transformer encoder layers (torch.nn.TransformerEncoderLayer: 4 heads, FFN 1024, dropout
+  0.1, ReLU); token 0 -> MLP 128-256-256-n_bins (LeakyReLU) -> bin widths (ReLU(y) + 0.1,
+  normalised, scaled to max - min) -> edges = min + cumsum, centres = midpoints; tokens
+  1..128 dot a separable 3x3 conv of the decoder features -> 128 range-attention maps -> 1x1
+  conv -> softmax over n_bins; depth = sum_k p_k c_k, at 1/2 resolution.
+- Loss: SILog + 0.1 x bidirectional chamfer between bin centres and valid GT depths.
 
-Deviation (so that any input size works): AdaBins reads token 0 and tokens 1..128 off the
-first 129 *patch* tokens, which needs at least 129 patches (an input of at least ~370x370
-pixels). Here 129 learned tokens (one regression token, 128 query tokens) are prepended
-to the patch tokens; they gather image content by attention in the same 4 layers and are
-read out as token 0 and tokens 1..128. The patch tokens' positional encodings are a
-learned 2-D grid (of the 416x544 training crop) interpolated bilinearly to the actual
-patch grid.
+Sizes at 416x544 (`ensemble profile adabins --size 416x544`): every parameter of the
+study's code, 17,553,668; its torchinfo summary says 17,225,476 because it leaves out the
+positional encodings (64,000) and the attention projections (264,192).
 
-Widths are tuned to the SG work's reference budget (17.23M params / 9.57 G mult-adds at
-416x544): ours must stay within 60-100% of both (see tests/test_base_learners.py).
+Two changes so that any input size works (both inactive at the study's 416x544 crops, 221
+patch tokens, and at 480x640, 300):
+- fewer than 129 patch tokens (inputs under about 370x370 pixels): the token sequence is
+  zero-padded to 129 before the positional encodings are added, so the padded tokens are
+  the learned encodings themselves and give the regression token and the 128 queries;
+- more than 500 patch tokens: the 500 encodings are resampled linearly to the sequence length.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from pathlib import Path
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from base_learners.blocks import ConvBNAct1x1, SeparableConv2d, SeparableConvBNAct, UpFuse
-from base_learners.ghostnet import GhostNetDepthLearner, GhostNetEncoder
+from base_learners.blocks import SeparableConvBN, UNetTrunk
+from base_learners.ghostnet import GhostNetDepthLearner, ghostnet_encoder
 from base_learners.registry import register
-from ensemble_mde.errors import ModelError
 from ensemble_mde.losses import bin_chamfer_loss
 
+DEEP_CHANNELS = 2048     # the encoder's 960 -> 2048 projection, and the decoder width
 EMBEDDING_DIM = 128      # E, and the decoder's output width (AdaBins: num_classes=128)
 N_QUERIES = 128          # range-attention maps
 PATCH_SIZE = 16
+MAX_TOKENS = 500         # rows of the learned positional encodings
 N_HEADS = 4
 N_LAYERS = 4
 FFN_DIM = 1024
 REGRESSOR_HIDDEN = 256
 MIN_BIN_WIDTH = 0.1      # AdaBins "linear" bin-width normalisation eps
 CHAMFER_WEIGHT = 0.1
-# Positional-encoding grid: the patch grid of the 416x544 training crop (decoder at 1/2, 16x16 patches).
-POS_GRID = (416 // 2 // PATCH_SIZE, 544 // 2 // PATCH_SIZE)
-# Decoder widths: bottleneck (1/32), up blocks at 1/16, 1/8, 1/4, 1/2. Tuned to the reference budget.
-DECODER_WIDTHS = (5120, 768, 256, 96, 48)
-
-
-class TransformerEncoderLayer(nn.Module):
-    """Post-norm transformer layer (as torch.nn.TransformerEncoderLayer, which AdaBins uses):
-    x = LN(x + MHSA(x)); x = LN(x + FFN(x)). x [B,S,E]."""
-
-    def __init__(self, dim: int, heads: int, ffn_dim: int, dropout: float):
-        super().__init__()
-        self.heads = heads
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
-        self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim), nn.ReLU(), nn.Dropout(dropout), nn.Linear(ffn_dim, dim))
-        self.norm1 = nn.LayerNorm(dim)
-        self.norm2 = nn.LayerNorm(dim)
-        self.dropout = nn.Dropout(dropout)
-        self.attn_dropout = dropout
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, s, e = x.shape
-        q, k, v = self.qkv(x).view(b, s, 3, self.heads, e // self.heads).permute(2, 0, 3, 1, 4)
-        attn = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_dropout if self.training else 0.0)
-        x = self.norm1(x + self.dropout(self.proj(attn.transpose(1, 2).reshape(b, s, e))))
-        return self.norm2(x + self.dropout(self.ffn(x)))
 
 
 class MiniViT(nn.Module):
-    """AdaBins' mini-ViT. x [B,E,h,w] (h, w multiples of 16) -> (bin_centers [B,n_bins]
-    metres, strictly increasing in [min_depth, max_depth]; probabilities [B,n_bins,h,w])."""
+    """AdaBins' mini-ViT. x [B,E,h,w] (h, w >= 16) -> (bin_centers [B,n_bins] metres,
+    strictly increasing in [min_depth, max_depth]; probabilities [B,n_bins,h,w])."""
 
     def __init__(self, n_bins: int, min_depth: float, max_depth: float, dropout: float):
         super().__init__()
         self.min_depth, self.max_depth = float(min_depth), float(max_depth)
         e = EMBEDDING_DIM
         self.patch_embed = nn.Conv2d(e, e, PATCH_SIZE, stride=PATCH_SIZE)
-        self.pos_grid = nn.Parameter(torch.rand(1, e, *POS_GRID))  # AdaBins: torch.rand init
-        self.readout_tokens = nn.Parameter(torch.randn(1, 1 + N_QUERIES, e) * 0.02)
-        self.layers = nn.ModuleList([TransformerEncoderLayer(e, N_HEADS, FFN_DIM, dropout) for _ in range(N_LAYERS)])
-        self.conv3x3 = SeparableConv2d(e, e)
+        self.positional_encodings = nn.Parameter(torch.rand(MAX_TOKENS, e))
+        layer = nn.TransformerEncoderLayer(e, N_HEADS, dim_feedforward=FFN_DIM, dropout=dropout, batch_first=True)
+        self.transformer = nn.TransformerEncoder(layer, N_LAYERS, enable_nested_tensor=False)
+        self.conv3x3 = SeparableConvBN(e, e, act_depthwise=nn.ReLU, act_pointwise=None)
         self.regressor = nn.Sequential(nn.Linear(e, REGRESSOR_HIDDEN), nn.LeakyReLU(),
                                        nn.Linear(REGRESSOR_HIDDEN, REGRESSOR_HIDDEN), nn.LeakyReLU(),
                                        nn.Linear(REGRESSOR_HIDDEN, n_bins))
         self.range_attention = nn.Identity()  # hook point: the 128 range-attention maps
         self.conv_out = nn.Conv2d(N_QUERIES, n_bins, 1)
+
+    def tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """Patch embeddings + positional encodings, [B,S,E] with S >= 1 + N_QUERIES."""
+        tokens = self.patch_embed(x).flatten(2).transpose(1, 2)          # [B,S,E], raster order
+        s = max(tokens.shape[1], 1 + N_QUERIES)
+        tokens = F.pad(tokens, (0, 0, 0, s - tokens.shape[1]))
+        pos = self.positional_encodings
+        if s > MAX_TOKENS:
+            pos = F.interpolate(pos.t()[None], size=s, mode="linear", align_corners=True)[0].t()
+        return tokens + pos[:s]
 
     def bin_centers(self, y: torch.Tensor) -> torch.Tensor:
         """Regressor output y [B,N] -> bin centres [B,N] metres: widths (ReLU(y)+0.1)/sum
@@ -109,13 +93,7 @@ class MiniViT(nn.Module):
         return 0.5 * (edges[:, :-1] + edges[:, 1:])
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        b = x.shape[0]
-        patches = self.patch_embed(x)                                   # [B,E,h/16,w/16]
-        pos = F.interpolate(self.pos_grid, size=patches.shape[-2:], mode="bilinear", align_corners=False)
-        tokens = (patches + pos).flatten(2).transpose(1, 2)             # [B,S,E]
-        tokens = torch.cat([self.readout_tokens.expand(b, -1, -1), tokens], dim=1)
-        for layer in self.layers:
-            tokens = layer(tokens)
+        tokens = self.transformer(self.tokens(x))
         regression, queries = tokens[:, 0], tokens[:, 1:1 + N_QUERIES]  # [B,E], [B,128,E]
         maps = self.range_attention(torch.einsum("behw,bqe->bqhw", self.conv3x3(x), queries))
         probabilities = torch.softmax(self.conv_out(maps), dim=1)
@@ -125,44 +103,33 @@ class MiniViT(nn.Module):
 class AdaBinsDecoder(nn.Module):
     """Features -> {"depth": [B,1,H/2,W/2] metres, "bin_centers": [B,n_bins] metres}."""
 
-    def __init__(self, widths: Sequence[int], n_bins: int, min_depth: float, max_depth: float, dropout: float):
+    def __init__(self, skip_channels: tuple[int, ...], n_bins: int, min_depth: float, max_depth: float,
+                 dropout: float):
         super().__init__()
-        c = GhostNetEncoder.channels
-        w = [int(v) for v in widths]
-        if len(w) != 5:
-            raise ModelError(f"AdaBins decoder_widths needs 5 values (1/32, 1/16, 1/8, 1/4, 1/2), got {len(w)}",
-                             "model.decoder_widths")
-        act = nn.LeakyReLU
-        self.bottleneck = ConvBNAct1x1(c[4], w[0], act)
-        self.up1 = UpFuse(w[0], w[1], c[3], act)
-        self.up2 = UpFuse(w[1], w[2], c[2], act)
-        self.up3 = UpFuse(w[2], w[3], c[1], act)
-        self.up4 = UpFuse(w[3], w[4], c[0], act)
-        self.head = SeparableConvBNAct(w[4], EMBEDDING_DIM, act=act)
+        self.trunk = UNetTrunk(skip_channels, DEEP_CHANNELS)
+        self.head = SeparableConvBN(self.trunk.out_channels, EMBEDDING_DIM, act_depthwise=nn.ReLU, act_pointwise=None)
         self.vit = MiniViT(n_bins, min_depth, max_depth, dropout)
 
     def forward(self, x: torch.Tensor, features: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-        f2, f4, f8, f16, f32 = features
-        y = self.up4(self.up3(self.up2(self.up1(self.bottleneck(f32), f16), f8), f4), f2)
-        centers, probabilities = self.vit(self.head(y))
+        centers, probabilities = self.vit(self.head(self.trunk(features)))
         depth = (probabilities * centers[:, :, None, None]).sum(dim=1, keepdim=True)
         return {"depth": depth, "bin_centers": centers}
 
     def blocks(self) -> "OrderedDict[str, nn.Module]":
-        return OrderedDict([("bottleneck", self.bottleneck), ("up1", self.up1), ("up2", self.up2),
-                            ("up3", self.up3), ("up4", self.up4), ("head", self.head),
-                            ("range_attention", self.vit.range_attention)])
+        t = self.trunk
+        return OrderedDict([("conv", t.conv), ("up1", t.up1), ("up2", t.up2), ("up3", t.up3), ("up4", t.up4),
+                            ("head", self.head), ("range_attention", self.vit.range_attention)])
 
 
 class AdaBins(GhostNetDepthLearner):
-    """AdaBins with a GhostNet encoder. forward(rgb [B,3,H,W] in [0,1]) ->
-    {"depth": [B,1,H,W] metres, "bin_centers": [B,n_bins] metres (increasing)}."""
+    """AdaBins-G. forward(rgb [B,3,H,W] in [0,1]) -> {"depth": [B,1,H,W] metres,
+    "bin_centers": [B,n_bins] metres (increasing)}."""
 
-    def __init__(self, min_depth: float = 1e-3, max_depth: float = 10.0, n_bins: int = 256,
-                 decoder_widths: Sequence[int] = DECODER_WIDTHS, dropout: float = 0.1,
-                 chamfer_weight: float = CHAMFER_WEIGHT, pretrained_path: str | Path | None = None):
-        decoder = AdaBinsDecoder(decoder_widths, int(n_bins), min_depth, max_depth, float(dropout))
-        super().__init__(decoder, min_depth, max_depth, pretrained_path)
+    def __init__(self, min_depth: float = 1e-3, max_depth: float = 10.0, n_bins: int = 256, dropout: float = 0.1,
+                 chamfer_weight: float = CHAMFER_WEIGHT, pretrained: bool | str | Path = False):
+        encoder = ghostnet_encoder(DEEP_CHANNELS, pretrained)
+        decoder = AdaBinsDecoder(encoder.out_channels, int(n_bins), min_depth, max_depth, float(dropout))
+        super().__init__(encoder, decoder, min_depth, max_depth)
         self.chamfer_weight = float(chamfer_weight)
 
     def loss(self, outputs: dict[str, torch.Tensor], batch: dict) -> dict[str, torch.Tensor]:

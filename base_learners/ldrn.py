@@ -1,120 +1,186 @@
-"""LDRN, LapDepth's Laplacian Depth Residual Network (Song et al., TCSVT 2021), on a
-GhostNet encoder, as in the SG ensemble work: depthwise-separable decoder convolutions,
-convolution before interpolation.
+"""LDRN, LapDepth's Laplacian Depth Residual Network (Song et al., TCSVT 2021), on a GhostNet
+encoder, as the SG study built it (sincostanx/Undergrad-Thesis: models/lapdepth.py,
+architecture/MOD-LDRN.txt; our own implementation). The encoder's 960 channels are projected
+to 1024 (= C below).
 
-Facts from the public LapDepth code (tjqansthd/LapDepth-release, model.py, the `lv6`
-variant whose deepest feature is at H/32; our own implementation):
-- Dense ASPP (`Dilated_bottleNeck_lv6`) on the deepest feature, dilations 3, 6, 12, 18,
-  each branch seeing the input and all earlier branch outputs.
-- Laplacian pyramid of the (normalised) input: rgb_down_{2^i} by repeated bilinear 0.5x;
-  level i's Laplacian = rgb_down_{2^i} - upsample(rgb_down_{2^(i+1)}).
-- Coarsest level (H/32): a conv stack halving the width, sigmoid -> depth in (0, 1).
-- Each finer level (H/16 ... H/1): upsampled features + encoder skip (none at full
-  resolution), then a conv over [features, upsampled previous depth, RGB Laplacian of the
-  level] -> conv stack -> residual tanh(conv + 0.1 * mean_c(RGB Laplacian)).
-- Reconstruction: depth_i = residual_i + upsample(depth_{i+1}); final = sigmoid(depth_1)
-  x max_depth. Loss on the final depth.
-Our fine levels see the previous level's reconstructed depth (LapDepth feeds the previous
-residual), and the input's reduction conv before the dense ASPP is left out (GhostNet's
-160 deepest channels need no reduction).
+LapDepth's decoder is kept whole: full 3x3 convolutions with weight standardisation
+(`WSConv2d`), each pre-activated by BatchNorm (eps 1e-3) -> ReLU (`PreActConv`); up blocks
+interpolate bilinearly (2x) *before* their conv (`PreActUpConv`).
+- Dense ASPP (`Dilated_bottleNeck_lv6`) at H/32: a 3x3 reduction C -> C/4, branches 1x1 ->
+  dilated 3x3 (dilations 3, 6, 12, 18; C/8 wide), each seeing the reduction and all earlier
+  branch outputs, then a 3x3 conv of [reduction, branches] to C/2.
+- Level 6 (H/32): a conv stack C/2 -> C/4 -> ... -> C/32 -> 1, sigmoid.
+- Levels 5..2 (H/16 .. H/2): up block to the level's width, 1x1 conv over [up, encoder skip]
+  to width - 4, a 3x3 conv over [that, the upsampled coarser level, the RGB Laplacian of the
+  level], a conv stack down to one channel; residual = tanh(conv + 0.1 * mean_c(Laplacian)).
+- Level 1 (H/1): the same without a skip.
+- Reconstruction: coarse-to-fine sums of each residual and the upsampled coarser sum;
+  final depth = sigmoid(sum) x max_depth. Loss (the study's): SILog on the final depth.
+- RGB Laplacians of the (normalised) input: x_i = bilinear 0.5x of x_{i-1};
+  level i's Laplacian = x_i - upsample(x_{i+1}) to x_i's size.
 
-Widths are tuned to the SG work's reference budget (14.89M params / 14.83 G mult-adds at
-416x544): ours stays within 60-100% of both.
+Sizes at 416x544: 14,892,724 parameters (the study's torchinfo summary).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from pathlib import Path
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from base_learners.blocks import DenseASPP, SeparableConv2d, SeparableConvBNAct, UpFuse
-from base_learners.ghostnet import GhostNetDepthLearner, GhostNetEncoder
+from base_learners.ghostnet import GhostNetDepthLearner, ghostnet_encoder
 from base_learners.registry import register
-from ensemble_mde.errors import ModelError
 
+DEEP_CHANNELS = 1024     # the encoder's 960 -> 1024 projection (C)
 ASPP_DILATIONS = (3, 6, 12, 18)
-LAPLACIAN_BIAS = 0.1       # LapDepth: tanh(conv + 0.1 * mean of the RGB Laplacian)
-COARSE_HALVINGS = 4        # LapDepth decoder1: four halving convs, then a conv to 1
-RESIDUAL_HALVINGS = 1
-# Tuned to the reference budget: dense-ASPP branch and output widths at H/32, then the
-# feature widths of the levels at H/16, H/8, H/4, H/2, H/1.
-ASPP_WIDTHS = (512, 1536)
-LEVEL_WIDTHS = (512, 256, 192, 160, 96)
+LAPLACIAN_BIAS = 0.1     # LapDepth: tanh(conv + 0.1 * mean of the RGB Laplacian)
+BN_EPS = 1e-3
+WS_EPS = 1e-5
+# Conv stacks after each level's fusing conv, as widths in units of C: level 6 runs from C/2,
+# levels 5, 4, 3, 2 and 1 from their fusing width (the last entry is the 1-channel output).
+LEVEL6_STACK = (4, 8, 16, 32)            # C/4, C/8, C/16, C/32, then 1
+LEVELS = (                               # (level width in units of C, skip index, stack widths)
+    (4, 3, (8, 16)),                     # level 5, H/16: C/4, skip f16, stack C/8, C/16, then 1
+    (8, 2, (16,)),                       # level 4, H/8
+    (16, 1, ()),                         # level 3, H/4
+    (32, 0, ()),                         # level 2, H/2
+)
 
 
-def rgb_laplacian_pyramid(x: torch.Tensor, levels: int) -> list[torch.Tensor]:
-    """x [B,3,H,W] (H, W divisible by 2**levels) -> Laplacians at H/1, H/2, ..., H/2**(levels-1),
-    each x_i - upsample(x_{i+1}), x_{i+1} = bilinear 0.5x of x_i."""
+class WSConv2d(nn.Conv2d):
+    """Conv2d with weight standardisation: each filter minus its mean, divided by its
+    (unbiased) std + 1e-5, at every forward pass."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight - self.weight.mean(dim=(1, 2, 3), keepdim=True)
+        w = w / (w.flatten(1).std(dim=1).view(-1, 1, 1, 1) + WS_EPS)
+        return F.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+class PreActConv(nn.Sequential):
+    """LapDepth `myConv`: BN -> ReLU -> bias-free WSConv2d k x k (padding k//2 x dilation)."""
+
+    def __init__(self, cin: int, cout: int, kernel_size: int = 3, dilation: int = 1):
+        super().__init__(nn.BatchNorm2d(cin, eps=BN_EPS), nn.ReLU(),
+                         WSConv2d(cin, cout, kernel_size, padding=dilation * (kernel_size // 2), dilation=dilation,
+                                  bias=False))
+
+
+class PreActUpConv(nn.Module):
+    """LapDepth `upConvLayer`: BN -> ReLU -> bilinear 2x -> bias-free WSConv2d 3x3."""
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.norm = nn.BatchNorm2d(cin, eps=BN_EPS)
+        self.conv = WSConv2d(cin, cout, 3, padding=1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(torch.relu(self.norm(x)), scale_factor=2, mode="bilinear"))
+
+
+def conv_stack(cin: int, widths: list[int]) -> nn.Sequential:
+    """PreActConv 3x3 through `widths`, then to one channel."""
+    layers = []
+    for w in [*widths, 1]:
+        layers.append(PreActConv(cin, w))
+        cin = w
+    return nn.Sequential(*layers)
+
+
+class DenseASPP(nn.Module):
+    """LapDepth `Dilated_bottleNeck_lv6` on [B,C,h,w] -> [B,C/2,h,w]."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        half, branch = c // 4, c // 8
+        self.reduction1 = PreActConv(c, half)
+        self.branches = nn.ModuleList(
+            nn.Sequential(PreActConv(half + i * branch, branch, 1), PreActConv(branch, branch, 3, dilation=d))
+            for i, d in enumerate(ASPP_DILATIONS))
+        self.reduction2 = PreActConv(half + len(ASPP_DILATIONS) * branch, c // 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dense = self.reduction1(x)
+        for branch in self.branches:
+            dense = torch.cat([dense, branch(dense)], dim=1)
+        return self.reduction2(dense)
+
+
+class PyramidLevel(nn.Module):
+    """One finer level: features [B,cin,h,w] and the coarser level's depth [B,1,h,w] ->
+    (features [B,width,2h,2w] for the next level, residual [B,1,2h,2w] in (-1, 1))."""
+
+    def __init__(self, cin: int, width: int, skip_channels: int, stack: list[int]):
+        super().__init__()
+        self.up = PreActUpConv(cin, width if skip_channels else width - 4)
+        self.reduce = PreActConv(width + skip_channels, width - 4, 1) if skip_channels else None
+        self.fuse = PreActConv(width, width)
+        self.stack = conv_stack(width, stack)
+
+    def forward(self, x: torch.Tensor, coarse: torch.Tensor, laplacian: torch.Tensor,
+                skip: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        y = self.up(x)
+        if self.reduce is not None:
+            y = self.reduce(torch.cat([y, skip], dim=1))
+        coarse_up = F.interpolate(coarse, scale_factor=2, mode="bilinear")
+        features = self.fuse(torch.cat([y, coarse_up, laplacian], dim=1))
+        residual = torch.tanh(self.stack(features) + LAPLACIAN_BIAS * laplacian.mean(dim=1, keepdim=True))
+        return features, residual
+
+
+def rgb_laplacians(x: torch.Tensor, levels: int) -> list[torch.Tensor]:
+    """x [B,3,H,W] (H, W divisible by 2**levels) -> Laplacians at H/1, H/2, ..., H/2**(levels-1)."""
     downs = [x]
     for _ in range(levels):
-        prev = downs[-1]
-        downs.append(F.interpolate(prev, size=(prev.shape[-2] // 2, prev.shape[-1] // 2), mode="bilinear",
-                                   align_corners=False))
-    return [fine - F.interpolate(coarse, size=fine.shape[-2:], mode="bilinear", align_corners=False)
+        downs.append(F.interpolate(downs[-1], scale_factor=0.5, mode="bilinear"))
+    return [fine - F.interpolate(coarse, size=fine.shape[-2:], mode="bilinear")
             for fine, coarse in zip(downs[:-1], downs[1:])]
-
-
-class DepthHead(nn.Sequential):
-    """`halvings` separable 3x3 conv + BN + ELU, each halving the width, then a separable
-    3x3 conv to one channel (the level's logit or residual before its squashing)."""
-
-    def __init__(self, cin: int, halvings: int):
-        super().__init__()
-        for _ in range(halvings):
-            self.append(SeparableConvBNAct(cin, cin // 2, act=nn.ELU))
-            cin //= 2
-        self.append(SeparableConv2d(cin, 1))
 
 
 class LDRNDecoder(nn.Module):
     """Features (+ the normalised rgb for its Laplacian pyramid) -> {"depth": [B,1,H,W] metres}."""
 
-    def __init__(self, aspp_widths: Sequence[int], level_widths: Sequence[int], max_depth: float):
+    def __init__(self, skip_channels: tuple[int, ...], max_depth: float):
         super().__init__()
-        c = GhostNetEncoder.channels
-        branch, aspp_out = (int(v) for v in aspp_widths)
-        widths = [int(v) for v in level_widths]
-        if len(widths) != 5 or min(widths) < 4:
-            raise ModelError(f"LDRN level_widths needs 5 values >= 4 (H/16 ... H/1), got {list(level_widths)}",
-                             "model.level_widths")
+        c = skip_channels[-1]
         self.max_depth = float(max_depth)
-        self.aspp = DenseASPP(c[4], branch, aspp_out, ASPP_DILATIONS, nn.ELU)
-        self.coarse = DepthHead(aspp_out, COARSE_HALVINGS)
-        skips = (c[3], c[2], c[1], c[0], 0)
-        cins = [aspp_out, *widths[:-1]]
-        # extras at each level: skip features, previous depth (1), RGB Laplacian (3)
-        self.levels = nn.ModuleList([UpFuse(cin, w, skip + 1 + 3, nn.ELU) for cin, w, skip in zip(cins, widths, skips)])
-        self.residuals = nn.ModuleList([DepthHead(w, RESIDUAL_HALVINGS) for w in widths])
+        self.aspp = DenseASPP(c)
+        self.level6 = conv_stack(c // 2, [c // k for k in LEVEL6_STACK])
+        cins = [c // 2] + [c // units for units, _, _ in LEVELS[:-1]]
+        self.levels = nn.ModuleList(
+            PyramidLevel(cin, c // units, skip_channels[skip], [c // k for k in stack])
+            for cin, (units, skip, stack) in zip(cins, LEVELS))
+        self.level1 = PyramidLevel(c // 32, c // 32, 0, [c // 64])
+        self.skip_indices = [skip for _, skip, _ in LEVELS]
 
     def forward(self, x: torch.Tensor, features: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-        laplacians = rgb_laplacian_pyramid(x, 5)[::-1]        # H/16, H/8, H/4, H/2, H/1
-        skips = features[:4][::-1]                            # H/16, H/8, H/4, H/2
-        feat = self.aspp(features[4])
-        depth = torch.sigmoid(self.coarse(feat))              # H/32, in (0, 1)
-        for i, (level, residual, lap) in enumerate(zip(self.levels, self.residuals, laplacians)):
-            depth_up = F.interpolate(depth, size=lap.shape[-2:], mode="bilinear", align_corners=False)
-            extras = (skips[i], depth_up, lap) if i < len(skips) else (depth_up, lap)
-            feat = level(feat, *extras)
-            depth = depth_up + torch.tanh(residual(feat) + LAPLACIAN_BIAS * lap.mean(dim=1, keepdim=True))
+        laplacians = rgb_laplacians(x, 5)                     # H/1 ... H/16
+        feat = self.aspp(features[-1])
+        depth = torch.sigmoid(self.level6(feat))              # level 6, H/32, in (0, 1)
+        coarse = depth
+        for level, skip, lap in zip(self.levels, self.skip_indices, laplacians[:0:-1]):
+            feat, residual = level(feat, coarse, lap, features[skip])
+            coarse = residual
+            depth = residual + F.interpolate(depth, scale_factor=2, mode="bilinear")
+        _, residual = self.level1(feat, coarse, laplacians[0])
+        depth = residual + F.interpolate(depth, scale_factor=2, mode="bilinear")
         return {"depth": torch.sigmoid(depth) * self.max_depth}
 
     def blocks(self) -> "OrderedDict[str, nn.Module]":
-        names = ("lv5", "lv4", "lv3", "lv2", "lv1")  # LapDepth's level numbers: H/16 ... H/1
-        return OrderedDict([("aspp", self.aspp), *zip(names, self.levels)])
+        names = ("lv5", "lv4", "lv3", "lv2")  # LapDepth's level numbers: H/16 ... H/2
+        return OrderedDict([("aspp", self.aspp), *((n, lv.fuse) for n, lv in zip(names, self.levels)),
+                            ("lv1", self.level1.fuse)])
 
 
 class LDRN(GhostNetDepthLearner):
-    """LapDepth's LDRN with a GhostNet encoder. forward(rgb [B,3,H,W] in [0,1]) ->
-    {"depth": [B,1,H,W] metres in (0, max_depth)}."""
+    """LDRN-G. forward(rgb [B,3,H,W] in [0,1]) -> {"depth": [B,1,H,W] metres in (0, max_depth)}."""
 
-    def __init__(self, min_depth: float = 1e-3, max_depth: float = 10.0, aspp_widths: Sequence[int] = ASPP_WIDTHS,
-                 level_widths: Sequence[int] = LEVEL_WIDTHS, pretrained_path: str | Path | None = None):
-        super().__init__(LDRNDecoder(aspp_widths, level_widths, max_depth), min_depth, max_depth, pretrained_path)
+    def __init__(self, min_depth: float = 1e-3, max_depth: float = 10.0, pretrained: bool | str | Path = False):
+        encoder = ghostnet_encoder(DEEP_CHANNELS, pretrained)
+        super().__init__(encoder, LDRNDecoder(encoder.out_channels, max_depth), min_depth, max_depth)
 
 
 @register("ldrn")

@@ -17,11 +17,11 @@ Facts taken from the official code (our own implementation):
   are converted on import: ensemble_mde.weights scales `decoder.conv2d_out.weight`).
 
 Input: rgb [B,3,H,W] in [0,1]; ImageNet normalisation happens inside unless
-`imagenet_norm=False`. The official weights expect plain RGB in [0,1] (their architecture
-has no normalisation layer, third-party exports of them feed RGB in [0,1], and on the real
-NYU sample (shared/data) the imported METER-XXS scores abs_rel 0.18 / pixel
-correlation 0.83 on [0,1] input against 0.48 / 0.43 with ImageNet mean/std), so
-`ensemble_mde.weights` imports them with `imagenet_norm: false`. H and W are
+`imagenet_norm=False`. The official weights expect it: on 10 real NYU test frames (640x480,
+official split, Eigen crop, 192x256 input) the official METER-XXS code scores RMSE 0.564 /
+REL 0.176 / d1 0.730 with RGB/255 normalised by the ImageNet mean/std (the paper's full
+test set: 0.580 / 0.174 / 0.744) and 1.068 / 0.203 / 0.647 on plain [0,1] input (DESIGN.md
+§5), so `ensemble_mde.weights` imports them with `imagenet_norm: true`. H and W are
 replicate-padded to a multiple of 64 (five stride-2 stages, then 2x2 patches at 1/32).
 
 Cost at 192x256 (`ensemble profile meter_xxs --size 192x256`): parameters exactly as

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import platform
 import random
 import statistics
 import subprocess
@@ -38,12 +37,12 @@ from ensemble_mde.config import load_config
 from ensemble_mde.data import build_dataset, loader_workers
 from ensemble_mde.data.synth import synthesize
 from ensemble_mde.device import resolve_device
-from ensemble_mde.profiling import (count_gmacs, count_params, matmul_gflops, measure_latency, peak_memory_mb,
-                                    training_images_per_s)
+from ensemble_mde.profiling import (count_gmacs, count_params, cpu_model, matmul_gflops, measure_latency,
+                                    peak_memory_mb, training_images_per_s)
 from ensemble_mde.speed import compile_for_inference, keep_freed_memory, prepare_for_inference
 from meta_learner.baselines import BaselineOverBases, MeanEnsemble
 from meta_learner.ensemble import StackedEnsemble
-from meta_learner.unet import WeightingUNet, WeightingUNetOnRgb
+from meta_learner.weighting import WeightingOnRgb, build_weighting
 
 DEMO_LEARNER = "bts"  # the loader is measured against this learner's training step
 PAIRED = ("average", "ensemble")  # batch-1 latency measured together, as pairs of passes
@@ -53,12 +52,12 @@ def build_models(learners: list[str], meta_overrides: list[str]) -> dict[str, tu
     """name -> (model taking rgb, K base maps its training step reads from the cache or 0);
     `meta_overrides`: `--set` lines for the meta-learner's config."""
     cfgs = {name: load_config(["defaults", f"base/{name}"]) for name in learners}
-    bases = [runs.build_learner(cfgs[name]).eval() for name in learners]
-    meta_cfg = load_config(["defaults", "meta/unet"], overrides=meta_overrides)
-    meta = WeightingUNet(len(bases), max_depth=meta_cfg["data"]["max_depth"], **meta_cfg["meta"])
+    bases = [runs.build_learner(cfgs[name], init_weights=False).eval() for name in learners]
+    meta_cfg = load_config(["defaults", "meta/weighting"], overrides=meta_overrides)
+    meta = build_weighting(meta_cfg, len(bases), init_weights=False)
     ensemble = StackedEnsemble(bases, meta, learners, mode="freeze").eval()
     models = {name: (base, 0) for name, base in zip(learners, bases)}
-    models["meta"] = (WeightingUNetOnRgb(meta), 0)
+    models["meta"] = (WeightingOnRgb(meta, meta_cfg["data"]["max_depth"]), 0)
     models["average"] = (BaselineOverBases(ensemble.bases, learners, MeanEnsemble()), 0)
     models["ensemble"] = (ensemble, len(bases))
     return models
@@ -184,7 +183,7 @@ def loader_vs_step(device: torch.device, frames: int = 160) -> dict:
         size = tuple(batch["rgb"].shape[-2:])
     loader_img_s = counted / loader_s
     # A training step's time does not depend on the pixels: random frames of the loader's shape.
-    step_img_s = training_images_per_s(runs.build_learner(cfg), size, batch_size, device, steps=7)
+    step_img_s = training_images_per_s(runs.build_learner(cfg, init_weights=False), size, batch_size, device, steps=7)
     return {"learner": DEMO_LEARNER, "frame": [96, 128], "size": list(cfg["data"]["size"]), "batch": batch_size,
             "workers": workers, "loader_img_s": round(loader_img_s, 1), "train_step_img_s": round(step_img_s, 1),
             "ratio": round(loader_img_s / step_img_s, 2)}
@@ -236,7 +235,7 @@ def main(argv: list[str] | None = None) -> dict:
         print_peak_of(args.peak_of, learners, sizes[0], device, args)
         return {}
 
-    machine = {"device": str(device), "cpu": platform.processor() or platform.machine(), "fast_path": not args.plain,
+    machine = {"device": str(device), "cpu": cpu_model(), "fast_path": not args.plain,
                "compile": bool(args.compile), "meta_overrides": args.meta_overrides,
                "threads": torch.get_num_threads(), "torch": torch.__version__}
     rates = [matmul_rates(device)]

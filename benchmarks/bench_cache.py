@@ -27,10 +27,11 @@ from ensemble_mde.data import build_dataset
 from ensemble_mde.data.synth import synthesize
 from ensemble_mde.engine import adamw, move_batch
 from ensemble_mde.io import atomic_save, file_sha256
+from ensemble_mde.profiling import cpu_model
 from ensemble_mde.speed import keep_freed_memory
 from meta_learner.cache import CachedMetaDataset, PredictionCache, data_identity
 from meta_learner.ensemble import StackedEnsemble
-from meta_learner.unet import WeightingUNet
+from meta_learner.weighting import build_weighting
 
 
 def paired_epoch_seconds(ensemble: StackedEnsemble, cached_set, recompute_set, batch_size: int) -> tuple[float, float]:
@@ -68,8 +69,8 @@ def add_meta_overrides(parser: argparse.ArgumentParser) -> None:
     """`--set KEY=VALUE` (repeatable) into args.meta_overrides: config overrides for the
     meta-learner the benchmark builds (this script and bench.py)."""
     parser.add_argument("--set", dest="meta_overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one key of the meta-learner's config (configs/meta/unet.yaml), e.g. "
-                             "--set meta.decoder_channels=[128,64,32,24] (repeatable)")
+                        help="override one key of the meta-learner's config (configs/meta/weighting.yaml), e.g. "
+                             "--set meta.encoder=mobilenetv2_100 (repeatable)")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -86,18 +87,19 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench_cache_") as tmp:
         tmp = Path(tmp)
         synthesize(tmp / "data", counts={"train": args.frames}, size=args.size, seed=0, progress=False)
-        cfg = load_config(["defaults", "meta/unet"],
+        cfg = load_config(["defaults", "meta/weighting"],
                           overrides=[f"data.path={tmp / 'data'}", "data.val_fraction=0", *args.meta_overrides])
         plain = build_dataset(cfg, "train", augment=False)
         torch.manual_seed(0)
         bases, hashes = [], []
         for name in names:  # checkpoint files, as trained bases would have (the cache keys on them)
             base_cfg = load_config(["defaults", f"base/{name}"])
-            model = base_learners.create(name, **runs.model_kwargs(base_cfg)).eval()
+            model = base_learners.create(name, **runs.model_kwargs(base_cfg, init_weights=False)).eval()
             atomic_save(runs.checkpoint_payload(model, base_cfg), tmp / f"{name}.pt")
             bases.append(model)
             hashes.append(file_sha256(tmp / f"{name}.pt"))
-        ensemble = StackedEnsemble(bases, WeightingUNet(len(bases), **cfg["meta"]), names, mode="freeze")
+        ensemble = StackedEnsemble(bases, build_weighting(cfg, len(bases), init_weights=False), names,
+                                   mode="freeze")
         if cfg["train"]["channels_last"]:  # as the training engine does
             ensemble.to(memory_format=torch.channels_last)
 
@@ -113,7 +115,8 @@ def main(argv: list[str] | None = None) -> dict:
 
         cached_s, recompute_s = paired_epoch_seconds(ensemble, cached_set, recompute_set, args.batch_size)
     result = {"bases": names, "meta_overrides": args.meta_overrides, "frames": args.frames, "size": list(args.size),
-              "batch_size": args.batch_size, "threads": torch.get_num_threads(), "cache_fill_s": round(fill_s, 3),
+              "batch_size": args.batch_size, "cpu": cpu_model(), "threads": torch.get_num_threads(),
+              "cache_fill_s": round(fill_s, 3),
               "epoch_cached_s": round(cached_s, 3), "epoch_recompute_s": round(recompute_s, 3),
               "speedup": round(recompute_s / cached_s, 2)}
     print(json.dumps(result))

@@ -658,14 +658,16 @@ def _eval_config(run_cfg: dict, data: str | None) -> dict:
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)} ({device})"
-    import platform
+    from ensemble_mde.profiling import cpu_model
 
-    return f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    return f"CPU {cpu_model()}, {torch.get_num_threads()} threads"
 
 
 def _variant_name(run: RunInfo) -> str:
     if run.kind == "meta":
-        return f"SG {run.cfg['meta']['inputs']} {run.cfg['ensemble']['mode']}"
+        from meta_learner.training import variant_parts
+
+        return "SG " + " ".join(variant_parts(run.cfg))
     return str(run.cfg["model"]["name"])
 
 

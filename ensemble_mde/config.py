@@ -21,7 +21,8 @@ from ensemble_mde.errors import ConfigError
 
 PRESETS_KEY = "presets"
 RULES = "rules"  # configs/rules.yaml: what each packaged key accepts beyond its type
-TYPES = {"int": int, "float": float, "bool": bool, "str": str, "list": list}
+TYPES = {"int": int, "float": float, "bool": bool, "str": str, "list": list,
+         "weights": (bool, str)}  # weights: true (timm's ImageNet weights), false (random) or a file path
 
 
 def packaged_config_path(name: str) -> Path:
@@ -89,6 +90,11 @@ def _coerce(value: Any, default: Any, key: str, source: str) -> Any:
     """Check `value` against the type of the packaged `default` (None and "auto" accept anything)."""
     if default is None or value is None or default == "auto":
         return value
+    rule = rule_for(key)
+    if rule.get("type") == "weights":  # a bool default that also takes a file path
+        if isinstance(value, (bool, str)):
+            return value
+        raise ConfigError(f"{source}: {key} must be {describe_rule(rule)}, got {value!r}", key)
     if isinstance(default, bool):
         ok = isinstance(value, bool)
     elif isinstance(default, int):
@@ -161,6 +167,14 @@ def packaged_rules() -> dict:
     return read_yaml(packaged_config_path(RULES))
 
 
+def rule_for(dotted: str) -> dict:
+    """The packaged rule of key 'a.b' ({} when it has none)."""
+    node: Any = packaged_rules()
+    for part in dotted.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node if isinstance(node, dict) and _is_rule(node) else {}
+
+
 def _is_rule(node: dict) -> bool:
     """A rule is a mapping of rule words; a section maps key names to rules."""
     return not any(isinstance(v, dict) for v in node.values())
@@ -192,6 +206,8 @@ def describe_rule(rule: dict, default: Any = None) -> str:
         text = f"a list of {count}{element}s{bounds}" + (" in ascending order" if rule.get("ascending") else "")
     elif kind == "bool":
         text = "true or false"
+    elif kind == "weights":
+        text = "true (timm's ImageNet weights), false (random init) or a weights file path"
     elif kind == "str":
         text = "a string"
     else:
@@ -313,6 +329,22 @@ def drop_key(tree: dict, dotted: str) -> None:
             return
     if isinstance(tree, dict):
         tree.pop(leaf, None)
+
+
+def upgrade_saved(cfg: dict) -> dict:
+    """A run config saved by an earlier version, in today's keys (in place; returned):
+    `pretrained_path` (a local file or null) became `pretrained`; `augment.color_range`
+    (one range for brightness, contrast and channel factors) became one range each, with
+    no gamma."""
+    for section in ("model", "meta"):
+        part = cfg.get(section)
+        if isinstance(part, dict) and "pretrained_path" in part:
+            part["pretrained"] = part.pop("pretrained_path") or False
+    augment = cfg.get("augment")
+    if isinstance(augment, dict) and "color_range" in augment:
+        span = list(augment.pop("color_range"))
+        augment.update(gamma=[1.0, 1.0], brightness=span, contrast=span, channel=span)
+    return cfg
 
 
 def get(cfg: dict, dotted: str) -> Any:

@@ -33,19 +33,20 @@ def load_any_run(run: str | Path, device: torch.device | str = "cpu", which: str
 META_TARGET = "meta"
 
 
-def packaged_learner(name: str, num_learners: int = 3):
-    """A freshly initialised learner from its packaged config: (model, cfg). The name
-    "meta" gives the weighting U-Net alone for `num_learners` bases (configs/meta/unet.yaml)."""
+def packaged_learner(name: str, num_learners: int = 3, overrides=()):
+    """A freshly initialised learner from its packaged config and `key=value` overrides:
+    (model, cfg); no initial weights are fetched. The name "meta" gives the weighting network
+    alone for `num_learners` bases (configs/meta/weighting.yaml)."""
     import base_learners
 
     if name == META_TARGET:
-        from meta_learner.unet import WeightingUNet, WeightingUNetOnRgb
+        from meta_learner.weighting import WeightingOnRgb, build_weighting
 
-        cfg = config_mod.load_config(["defaults", "meta/unet"])
-        unet = WeightingUNet(num_learners, max_depth=cfg["data"]["max_depth"], **cfg["meta"])
-        return WeightingUNetOnRgb(unet).eval(), cfg
+        cfg = config_mod.load_config(["defaults", "meta/weighting"], overrides=overrides)
+        network = build_weighting(cfg, num_learners, init_weights=False)
+        return WeightingOnRgb(network, cfg["data"]["max_depth"]).eval(), cfg
 
     if name not in base_learners.available():
         base_learners.create(name)  # raises the ModelError naming the closest learner
-    cfg = config_mod.load_config(["defaults", f"base/{name}"])
-    return runs.build_learner(cfg).eval(), cfg
+    cfg = config_mod.load_config(["defaults", f"base/{name}"], overrides=overrides)
+    return runs.build_learner(cfg, init_weights=False).eval(), cfg

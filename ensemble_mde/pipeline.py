@@ -31,7 +31,7 @@ def base_config(name: str, *, config_file=None, overrides=(), preset=None) -> di
 
 def finalize_paths(cfg: dict) -> dict:
     """Make data and weight paths absolute, so a run folder works from any directory; a
-    weights file named in the config (model./meta.pretrained_path) must exist."""
+    weights file named in the config (model./meta.pretrained) must exist."""
     if cfg["data"]["path"] is None:  # e.g. an imported run, which was trained on no data of ours
         raise ConfigError("no dataset is set (data.path is null); pass --data PATH", "data.path")
     cfg["data"]["path"] = str(Path(cfg["data"]["path"]).expanduser().resolve())
@@ -39,11 +39,12 @@ def finalize_paths(cfg: dict) -> dict:
         if cfg["data"].get(key):
             cfg["data"][key] = str(Path(cfg["data"][key]).expanduser().resolve())
     for section in ("model", "meta"):
-        if (cfg.get(section) or {}).get("pretrained_path"):
-            path = Path(cfg[section]["pretrained_path"]).expanduser().resolve()
+        weights = (cfg.get(section) or {}).get("pretrained")
+        if isinstance(weights, str):
+            path = Path(weights).expanduser().resolve()
             if not path.is_file():
-                raise ConfigError(f"pretrained weights file not found ({section}.pretrained_path)", path)
-            cfg[section]["pretrained_path"] = str(path)
+                raise ConfigError(f"pretrained weights file not found ({section}.pretrained)", path)
+            cfg[section]["pretrained"] = str(path)
     return cfg
 
 

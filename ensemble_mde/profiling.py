@@ -22,6 +22,21 @@ from torch.utils.flop_counter import FlopCounterMode
 from ensemble_mde.engine import adamw
 
 
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo on Linux, else what `platform` knows): timings
+    are only comparable on the same kind of CPU (bf16 speed, AVX-512, ...)."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def count_params(model: nn.Module) -> int:
     """Number of parameters (trainable or not; buffers excluded)."""
     return sum(p.numel() for p in model.parameters())

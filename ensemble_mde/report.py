@@ -202,6 +202,11 @@ def write_report(comparison: Comparison, out: str | Path, *, silog: bool = False
         if weights:
             lines += ["Per-pixel weights the meta-learner gives each base learner.", "",
                       "![weight maps](weight_maps.png)", ""]
+        unweighted = [v.name for v in comparison.variants
+                      if v.kind == "meta" and v.runs[0] not in comparison.figures.get("weights", {})]
+        if unweighted:
+            lines += [f"No weight maps for {', '.join(unweighted)}: the relaxed head predicts the depth "
+                      "itself, not a convex blend of the bases.", ""]
     if curves:
         lines += ["## Training curves", "", "![training curves](training_curves.png)", ""]
     plots = run_plots(run_dirs)

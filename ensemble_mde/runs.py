@@ -19,7 +19,7 @@ import torch
 
 from ensemble_mde import config as config_mod
 from ensemble_mde import distributed
-from ensemble_mde.errors import CheckpointError, ConfigError, EnsembleError
+from ensemble_mde.errors import CheckpointError, ConfigError, EnsembleError, ModelError
 from ensemble_mde.io import atomic_write_text, exclusive_lock, load_checkpoint
 
 CHECKPOINT_FORMAT = "ensemble-mde/1"
@@ -56,12 +56,13 @@ def training_into(run_dir: Path, *, resume: bool = False, force: bool = False) -
     gets one line naming the first one's pid instead of interleaving its metrics and replacing
     its checkpoints (rank 0 alone under torchrun: the other ranks write nothing). A folder
     that holds a run is refused unless `resume` (continue it) or `force` (its files are
-    removed first). A folder made here is removed again if the run left nothing in it."""
+    removed first). Folders made here (the run folder, a new runs_dir) are removed again if
+    the run left nothing in them."""
     run_dir = Path(run_dir)
     if not distributed.is_main():
         yield
         return
-    made = not run_dir.exists()
+    made = [folder for folder in (run_dir, *run_dir.absolute().parents) if not folder.exists()]
     try:
         with exclusive_lock(run_dir / LOCK_FILE, f"run folder {run_dir}",
                             "wait for that run to finish, or choose another --out"):
@@ -74,8 +75,9 @@ def training_into(run_dir: Path, *, resume: bool = False, force: bool = False) -
                     (run_dir / name).unlink(missing_ok=True)
             yield
     finally:
-        if made and run_dir.is_dir() and not any(run_dir.iterdir()):
-            run_dir.rmdir()
+        for folder in made:  # the run folder first, then the new folders above it
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
 
 
 def resume_config(run_dir: Path, cfg: dict, kind: str = "base") -> dict:
@@ -115,16 +117,30 @@ def write_run_config(run_dir: Path, cfg: dict) -> None:
     atomic_write_text(config_mod.dump(cfg), Path(run_dir) / "config.yaml")
 
 
-def model_kwargs(cfg: dict) -> dict:
-    """The `model:` section without its `name` key: the learner's constructor arguments."""
-    return {k: v for k, v in cfg["model"].items() if k != "name"}
+# model keys of the GhostNet learners before they took the SG study's layout (2026-12)
+PRE_STUDY_LAYOUT_KEYS = ("decoder_widths", "widths", "aspp_widths", "level_widths")
 
 
-def build_learner(cfg: dict):
-    """A fresh learner as the config's `model:` section describes it."""
+def model_kwargs(cfg: dict, init_weights: bool = True) -> dict:
+    """The `model:` section without its `name` key: the learner's constructor arguments.
+    init_weights=False: no initial (ImageNet) weights are fetched, for a model whose
+    checkpoint replaces them."""
+    kwargs = {k: v for k, v in cfg["model"].items() if k != "name"}
+    old = [k for k in PRE_STUDY_LAYOUT_KEYS if k in kwargs]
+    if old:
+        raise ModelError(f"model.{old[0]}: this {cfg['model']['name']} run was made before the learner took the "
+                         "SG study's layout; its weights do not fit today's network: train it again", old[0])
+    if not init_weights and "pretrained" in kwargs:
+        kwargs["pretrained"] = False
+    return kwargs
+
+
+def build_learner(cfg: dict, init_weights: bool = True):
+    """A fresh learner as the config's `model:` section describes it (init_weights: see
+    `model_kwargs`)."""
     import base_learners
 
-    return base_learners.create(cfg["model"]["name"], **model_kwargs(cfg))
+    return base_learners.create(cfg["model"]["name"], **model_kwargs(cfg, init_weights))
 
 
 def checkpoint_payload(model: torch.nn.Module, cfg: dict, *, kind: str = "base", **extra) -> dict:
@@ -147,9 +163,12 @@ def resolve_checkpoint(run: str | Path, which: str = "best") -> Path:
 
 
 def read_checkpoint(path: Path) -> dict:
+    """An ensemble-mde checkpoint; its config in today's keys (`config.upgrade_saved`)."""
     ckpt = load_checkpoint(path)
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"not an ensemble-mde checkpoint (expected format {CHECKPOINT_FORMAT})", path)
+    if isinstance(ckpt.get("config"), dict):
+        config_mod.upgrade_saved(ckpt["config"])
     return ckpt
 
 
@@ -177,6 +196,6 @@ def load_run(run: str | Path, which: str = "best", device: str | torch.device = 
     cfg = ckpt["config"]
     if ckpt.get("kind", "base") != "base":
         raise EnsembleError(f"{ckpt.get('kind')!r} runs are loaded with their own loader", path)
-    model = build_learner(cfg)
+    model = build_learner(cfg, init_weights=False)
     load_state(model, ckpt["model"], path, cfg["model"]["name"])
     return model.to(device).eval(), cfg, ckpt

@@ -61,12 +61,14 @@ def _fold_into(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
 
 def _last_conv(module: nn.Module) -> nn.Conv2d | None:
     """The convolution whose output a following BatchNorm sees: a Conv2d, or the last
-    Conv2d of a Sequential made only of convolutions (a separable convolution)."""
+    Conv2d of a Sequential made only of convolutions (a separable convolution). Exactly
+    Conv2d: a subclass may transform its weight (LDRN's weight standardisation would undo
+    a folded scale)."""
     from torch import nn
-    if isinstance(module, nn.Conv2d):
+    if type(module) is nn.Conv2d:
         return module
     if (isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward and len(module)
-            and all(isinstance(m, nn.Conv2d) for m in module)):
+            and all(type(m) is nn.Conv2d for m in module)):
         return module[-1]
     return None
 

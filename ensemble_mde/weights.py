@@ -5,9 +5,9 @@ Supported: the METER releases (lorenzopapa5/METER, `build_model_best_nyu_xxs` ..
 state_dicts whose keys match `base_learners.meter` exactly. The official network outputs
 centimetres; ours outputs metres, so `decoder.conv2d_out.weight` (the last, bias-free,
 linear layer) is multiplied by 0.01. The official models were trained and evaluated at
-192x256 on plain RGB/255 (no ImageNet mean/std: see base_learners/meter.py), so the run
-sets `model.imagenet_norm: false` and records `run.input_size: [192, 256]`, and evaluation
-resizes inputs to it.
+192x256 on RGB/255 normalised with the ImageNet mean/std (see base_learners/meter.py), so
+the run sets `model.imagenet_norm: true` and records `run.input_size: [192, 256]`, and
+evaluation resizes inputs to it.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from ensemble_mde.io import atomic_save, load_checkpoint
 # key: factor} turns the official output unit into metres; `input_size` [H, W] it expects;
 # `model` the constructor arguments it needs.
 METER_RELEASE = {"to_metres": {"decoder.conv2d_out.weight": 0.01}, "input_size": [192, 256],
-                 "model": {"imagenet_norm": False}}
+                 "model": {"imagenet_norm": True}}
 OFFICIAL_RELEASES = {"meter_xxs": METER_RELEASE, "meter_xs": METER_RELEASE, "meter_s": METER_RELEASE}
 NESTED_KEYS = ("model", "state_dict")
 
@@ -54,7 +54,7 @@ def import_official_weights(learner: str, file: Path, out_dir: Path) -> Path:
     cfg["run"].update(name=out_dir.name, runs_dir=str(out_dir.parent), input_size=list(release["input_size"]))
     cfg["model"].update(release["model"])
     cfg["data"]["path"] = None  # trained on no data of ours: evaluating it needs --data, compare takes the others'
-    model = runs.build_learner(cfg)
+    model = runs.build_learner(cfg, init_weights=False)
     runs.load_state(model, official_state_dict(file), file, learner)  # one-line error naming the bad keys
     own = model.state_dict()
     with torch.no_grad():

@@ -1,18 +1,20 @@
 """The base-prediction cache for freeze mode: the K frozen base learners run once over the
 un-augmented frames, and meta-learner epochs read their depth maps from an HDF5 file.
 
-File: `<cache_dir>/preds-<key>.h5`, one chunked float16 array `depths` [N,K,H,W] (metres,
-one chunk per sample, at the dataset's frame resolution: each base runs at its own input
-size and its depth is resampled to the frame) and `names` [N] (sample names, in dataset
-order). The key is a SHA-256 of the base checkpoints' hashes
-(`ensemble_mde.io.file_sha256`) and the data identity (`data_identity`): a changed base
-checkpoint or data split gives another file. The key is also stored in the file's attrs
-and checked on open; a stale or unreadable file is rebuilt. A fill holds an exclusive lock
-(`.<file>.lock`, fcntl.flock: a second process gets one line naming the filler's pid) and
-writes a temporary file that it renames when complete, so a killed fill never leaves a half
-cache behind.
-Size: N*K*H*W*2 bytes (24,231 frames x 3 learners at 480x640: 44.7 GB; set data.size to
-cache smaller frames).
+File: `<cache_dir>/preds-<key>.h5`: `depths` [N,K,H,W], the float16 depth maps (metres, at
+the dataset's frame resolution: each base runs at its own input size and its depth is
+resampled to the frame) stored losslessly compressed (`encode_rows`: each row's float16 bit
+patterns as differences from their left neighbour, then HDF5's byte shuffle and gzip, one
+chunk per sample), and `names` [N] (sample names, in dataset order). The key is a SHA-256 of
+the base checkpoints' hashes (`ensemble_mde.io.file_sha256`) and the data identity
+(`data_identity`): a changed base checkpoint or data split gives another file. The key is
+also stored in the file's attrs and checked on open; a stale or unreadable file is rebuilt.
+A fill holds an exclusive lock (`.<file>.lock`, fcntl.flock: a second process gets one line
+naming the filler's pid) and writes a temporary file that it renames when complete, so a
+killed fill never leaves a half cache behind.
+Size: at most N*K*H*W*2 bytes (24,231 frames x 3 learners at 480x640: 44.7 GB); depth maps
+are smooth, so the compressed file is a fraction of that (benchmarks/bench_cache_size.py
+prints bytes per frame per base; benchmarks/NOTES.md has the figures).
 
 HDF5 handles are opened lazily once per process (checked by pid): DataLoader workers each
 open their own.
@@ -35,7 +37,10 @@ from ensemble_mde.io import exclusive_lock
 from ensemble_mde.progress import task_progress
 from meta_learner.ensemble import run_bases
 
-CACHE_FORMAT = "ensemble-mde-cache/2"  # 2: each base at its own input size (1 ran all at the frame size)
+# 3: float16 maps compressed (encode_rows); 2: each base at its own input size; 1 ran all at the
+# frame size. Files of an older format are read as stale and rebuilt.
+CACHE_FORMAT = "ensemble-mde-cache/3"
+GZIP_LEVEL = 4
 KEY_CHARS = 24  # hex characters of the key in the file name
 
 
@@ -54,6 +59,21 @@ def data_identity(root: str | Path, data_format: str, split: str, names: list[st
 def cache_key(base_hashes: list[str], data_id: str) -> str:
     """Hex SHA-256 of the ordered base checkpoint hashes and the data identity."""
     return _sha256_json({"format": CACHE_FORMAT, "bases": [str(h) for h in base_hashes], "data": str(data_id)})
+
+
+def encode_rows(maps: np.ndarray) -> np.ndarray:
+    """float16 [..., W] -> uint16 [..., W]: the first bit pattern of each row, then each
+    pattern minus its left neighbour (mod 2**16). Smooth positive depths give small
+    differences, which gzip packs tightly; `decode_rows` inverts it exactly."""
+    bits = np.ascontiguousarray(maps, dtype=np.float16).view(np.uint16)
+    out = bits.copy()
+    out[..., 1:] -= bits[..., :-1]
+    return out
+
+
+def decode_rows(encoded: np.ndarray) -> np.ndarray:
+    """The float16 maps `encode_rows` was given, bit for bit."""
+    return np.cumsum(encoded, axis=-1, dtype=np.uint16).view(np.float16)
 
 
 def _collate_frames(samples: list[dict]) -> dict:
@@ -142,7 +162,7 @@ class PredictionCache:
 
     def get(self, index: int) -> torch.Tensor:
         """Base depths of sample `index`: float32 [K,H,W] metres."""
-        return torch.from_numpy(self._handle()["depths"][int(index)].astype(np.float32))
+        return torch.from_numpy(decode_rows(self._handle()["depths"][int(index)]).astype(np.float32))
 
     def fill(self, dataset, bases: list[torch.nn.Module], device: torch.device | str = "cpu", batch_size: int = 8,
              progress: bool = True, workers: int = 0, input_sizes: list | None = None,
@@ -184,10 +204,11 @@ class PredictionCache:
                     maps, _ = run_bases(bases, labels, batch["rgb"].to(device), input_sizes)
                     if depths is None:
                         k, h, w = maps.shape[1:]
-                        depths = f.create_dataset("depths", shape=(len(dataset), k, h, w), dtype="float16",
-                                                  chunks=(1, k, h, w))
+                        depths = f.create_dataset("depths", shape=(len(dataset), k, h, w), dtype="uint16",
+                                                  chunks=(1, k, h, w), shuffle=True, compression="gzip",
+                                                  compression_opts=GZIP_LEVEL)
                     stop = start + maps.shape[0]
-                    depths[start:stop] = maps.float().cpu().numpy().astype(np.float16)
+                    depths[start:stop] = encode_rows(maps.float().cpu().numpy().astype(np.float16))
                     names[start:stop] = batch["name"]
                     start = stop
                     bar.update(task, advance=maps.shape[0])
@@ -237,4 +258,5 @@ class CachedMetaDataset(torch.utils.data.Dataset):
         if self.cfg_augment is None:
             return {**sample, "base_depths": base_depths}
         rng = augment_rng(self.seed, self.epoch, index)
-        return augment_sample(sample, rng, self.cfg_augment, {"base_depths": base_depths}, extra_mode="bilinear")
+        return augment_sample(sample, rng, self.cfg_augment, {"base_depths": base_depths}, extra_mode="bilinear",
+                              synthetic=self.dataset.is_synthetic)

@@ -1,4 +1,5 @@
-"""The stacked ensemble: K base learners, a weighting U-Net, depth = sum_k W_k * D_k.
+"""The stacked ensemble: K base learners and the weighting network; depth = sum_k W_k * D_k
+(or, with the relaxed head, the network's own depth).
 
 Modes (DESIGN.md §7):
 - "freeze": bases fixed in eval mode (no gradients); only the meta-learner trains. Base
@@ -23,8 +24,8 @@ from ensemble_mde.errors import ModelError
 from ensemble_mde.evaluation import resize_rgb
 from ensemble_mde.losses import silog_loss
 
-if TYPE_CHECKING:  # the U-Net (segmentation-models-pytorch, timm) is built by its callers
-    from meta_learner.unet import WeightingUNet
+if TYPE_CHECKING:  # the weighting network (timm) is built by its callers
+    from meta_learner.weighting import WeightingNetwork
 
 MODES = ("freeze", "finetune", "simultaneous")
 
@@ -37,23 +38,32 @@ def blend(weights: torch.Tensor, depths: torch.Tensor) -> torch.Tensor:
     return (weights * depths).sum(dim=1, keepdim=True)
 
 
-def run_bases(bases: nn.ModuleList, names: list[str], rgb: torch.Tensor,
-              input_sizes: list | None = None) -> tuple[torch.Tensor, list[dict]]:
+def base_input_size(size, frame: tuple[int, int], grid) -> tuple[int, int] | None:
+    """The size a base sees an input of `frame` [H, W] at: its own input size `size` (for
+    frames of the ensemble's `grid` [H, W]) scaled as `frame` is to the grid, so that a
+    training crop is scaled as its frame would be, not stretched to a whole frame."""
+    if size is None or grid is None or tuple(frame) == tuple(grid):
+        return None if size is None else tuple(size)
+    return (max(1, round(frame[0] * size[0] / grid[0])), max(1, round(frame[1] * size[1] / grid[1])))
+
+
+def run_bases(bases: nn.ModuleList, names: list[str], rgb: torch.Tensor, input_sizes: list | None = None,
+              grid: tuple[int, int] | None = None) -> tuple[torch.Tensor, list[dict]]:
     """(base depths [B,K,H,W] metres on rgb's grid, each base's output dict) for rgb
-    [B,3,H,W]. Base k sees rgb resized to input_sizes[k] ([h, w], the size it was trained at;
-    None: rgb as it is) and must return depth [B,1,h,w] at that size, which is resampled
-    bilinearly to H x W (its output dict keeps its own size)."""
-    grid = tuple(rgb.shape[-2:])
+    [B,3,H,W]. Base k sees rgb resized to input_sizes[k] ([h, w], the size it was trained at,
+    for frames of `grid`; None: rgb as it is; see `base_input_size`) and must return depth
+    at that size, which is resampled bilinearly to H x W (its output dict keeps its own size)."""
+    frame = tuple(rgb.shape[-2:])
     depths, outputs = [], []
     for name, base, size in zip(names, bases, input_sizes or [None] * len(bases)):
-        x = resize_rgb(rgb, size)
+        x = resize_rgb(rgb, base_input_size(size, frame, grid))
         out = base(x)
         depth = out["depth"]
         if tuple(depth.shape[-2:]) != tuple(x.shape[-2:]) or depth.shape[1] != 1:
             raise ModelError(f"base learner {name!r} returned depth {tuple(depth.shape)} for input "
                              f"{tuple(x.shape)}; expected [B,1,H,W] at the input resolution", name)
-        if tuple(depth.shape[-2:]) != grid:
-            depth = F.interpolate(depth, size=grid, mode="bilinear", align_corners=False)
+        if tuple(depth.shape[-2:]) != frame:
+            depth = F.interpolate(depth, size=frame, mode="bilinear", align_corners=False)
         depths.append(depth)
         outputs.append(out)
     return torch.cat(depths, dim=1), outputs
@@ -61,12 +71,14 @@ def run_bases(bases: nn.ModuleList, names: list[str], rgb: torch.Tensor,
 
 class StackedEnsemble(nn.Module):
     """forward(rgb [B,3,H,W] in [0,1], base_depths [B,K,H,W] | None) ->
-    {"depth": [B,1,H,W], "weights": [B,K,H,W], "base_depths": [B,K,H,W]}
+    {"depth": [B,1,H,W], "weights": [B,K,H,W] (softmax head only), "base_depths": [B,K,H,W]}
     (+ "base_outputs": each base's output dict, when the bases ran). input_sizes: each base's
-    own input size [h, w] (None: the ensemble's), see `run_bases`."""
+    own input size [h, w] (None: the ensemble's) for frames of `grid_size` (the ensemble's
+    input size), see `run_bases`."""
 
-    def __init__(self, bases: list[nn.Module], meta: WeightingUNet, names: list[str], mode: str = "freeze",
-                 min_depth: float = 1e-3, max_depth: float | None = None, input_sizes: list | None = None):
+    def __init__(self, bases: list[nn.Module], meta: WeightingNetwork, names: list[str], mode: str = "freeze",
+                 min_depth: float = 1e-3, max_depth: float = 10.0, input_sizes: list | None = None,
+                 grid_size: tuple[int, int] | list | None = None):
         super().__init__()
         names = [str(n) for n in names]
         if len(bases) != len(names) or len(set(names)) != len(names):
@@ -81,8 +93,9 @@ class StackedEnsemble(nn.Module):
         self.meta = meta
         self.names = names
         self.input_sizes = [tuple(s) if s else None for s in (input_sizes or [None] * len(bases))]
+        self.grid_size = tuple(grid_size) if grid_size else None
         self.min_depth = float(min_depth)
-        self.max_depth = float(meta.max_depth if max_depth is None else max_depth)
+        self.max_depth = float(max_depth)
         self.mode = "freeze"
         self.set_mode(mode)
 
@@ -105,14 +118,17 @@ class StackedEnsemble(nn.Module):
     def run_bases(self, rgb: torch.Tensor) -> tuple[torch.Tensor, list[dict]]:
         """(base depths [B,K,H,W], each base's output dict); no graph for frozen bases."""
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.mode != "freeze"):
-            return run_bases(self.bases, self.names, rgb, self.input_sizes)
+            return run_bases(self.bases, self.names, rgb, self.input_sizes, self.grid_size)
 
     def forward(self, rgb: torch.Tensor, base_depths: torch.Tensor | None = None) -> dict:
         base_outputs = None
         if base_depths is None:
             base_depths, base_outputs = self.run_bases(rgb)
-        weights = self.meta(rgb, base_depths)
-        out = {"depth": blend(weights, base_depths), "weights": weights, "base_depths": base_depths}
+        meta = self.meta(rgb, base_depths)
+        if "weights" in meta:
+            out = {"depth": blend(meta["weights"], base_depths), "weights": meta["weights"], "base_depths": base_depths}
+        else:  # the relaxed head: depth directly, no weights
+            out = {"depth": meta["depth"], "base_depths": base_depths}
         if base_outputs is not None:
             out["base_outputs"] = base_outputs
         return out
@@ -143,5 +159,5 @@ class StackedEnsemble(nn.Module):
         return groups
 
     def selectable_layers(self) -> "OrderedDict[str, nn.Module]":
-        """The meta U-Net's stages: enc_0..enc_4, center, dec_0.. (one per decoder width)."""
+        """The weighting network's stages (`WeightingNetwork.selectable_layers`)."""
         return self.meta.selectable_layers()

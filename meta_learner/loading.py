@@ -30,6 +30,6 @@ def load_meta_run(path: Path, ckpt: dict, device: torch.device | str = "cpu"):
 
     cfg = ckpt["config"]
     check_bases_unchanged(cfg)
-    ensemble = build_ensemble(cfg)
+    ensemble = build_ensemble(cfg, init_weights=False)
     runs.load_state(ensemble, ckpt["model"], path, cfg["model"]["name"])
     return ensemble.to(device).eval(), cfg

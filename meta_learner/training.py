@@ -1,5 +1,5 @@
 """`train-meta`: pick the bases, build the stacked ensemble, fill the prediction cache
-(freeze mode), and train the weighting U-Net with the shared engine.
+(freeze mode with cached base inputs), and train the weighting network with the shared engine.
 
     cfg = meta_config(inputs="rgb+d", mode="freeze", bases=["runs/adabins", "runs/bts"])
     run_dir, summary = train_meta(cfg)
@@ -24,14 +24,14 @@ from ensemble_mde.pipeline import build_splits, finalize_paths, preflight
 from meta_learner.cache import CachedMetaDataset, PredictionCache, data_identity
 from meta_learner.ensemble import StackedEnsemble
 from meta_learner.loading import check_bases_unchanged
-from meta_learner.unet import WeightingUNet
+from meta_learner.weighting import DEFAULT_ENCODER, build_weighting
 
 DEFAULT_BASES = ("adabins", "bts", "ldrn")
 
 
 def meta_config(*, inputs: str | None = None, mode: str | None = None, bases=None, config_file=None,
                 overrides=(), preset=None) -> dict:
-    """Resolved meta config: defaults < meta/unet < preset < file < overrides < the named choices."""
+    """Resolved meta config: defaults < meta/weighting < preset < file < overrides < the named choices."""
     extra = list(overrides)
     if inputs:
         extra.append(f"meta.inputs={inputs}")
@@ -39,7 +39,7 @@ def meta_config(*, inputs: str | None = None, mode: str | None = None, bases=Non
         extra.append(f"ensemble.mode={mode}")
     if bases:
         extra.append("ensemble.bases=[" + ", ".join(json.dumps(str(b)) for b in bases) + "]")
-    return config_mod.load_config(["defaults", "meta/unet"], config_file, extra, preset)
+    return config_mod.load_config(["defaults", "meta/weighting"], config_file, extra, preset)
 
 
 def newest_finished_runs(runs_dir: Path, learners=DEFAULT_BASES) -> list[Path]:
@@ -76,6 +76,8 @@ def resolve_bases(cfg: dict) -> list[dict]:
                              "data": base_cfg["data"], "input_size": list(size) if size else None})
         elif mode == "simultaneous" and str(entry) in base_learners.available():
             base_cfg = config_mod.load_config(["defaults", f"base/{entry}"])
+            if "pretrained" in base_cfg["model"]:
+                base_cfg["model"]["pretrained"] = bool(cfg["ensemble"]["base_pretrained"])
             resolved.append({"name": str(entry), "run": None, "sha256": None, "model": base_cfg["model"],
                              "data": None, "input_size": None})
         else:
@@ -88,14 +90,17 @@ def resolve_bases(cfg: dict) -> list[dict]:
     return resolved
 
 
-def build_ensemble(cfg: dict) -> StackedEnsemble:
-    """The stacked ensemble as cfg["ensemble"]["resolved"] describes it (fresh weights)."""
+def build_ensemble(cfg: dict, init_weights: bool = True) -> StackedEnsemble:
+    """The stacked ensemble as cfg["ensemble"]["resolved"] describes it, before any checkpoint
+    is loaded. Bases that come from a run get no initial weights (theirs replace them); fresh
+    ones (simultaneous mode) get their config's, as does the meta-learner, when init_weights."""
     resolved = cfg["ensemble"]["resolved"]
-    bases = [base_learners.create(r["model"]["name"], **runs.model_kwargs({"model": r["model"]})) for r in resolved]
-    meta = WeightingUNet(len(bases), max_depth=cfg["data"]["max_depth"], **cfg["meta"])
+    bases = [base_learners.create(r["model"]["name"], **runs.model_kwargs(
+        {"model": r["model"]}, init_weights=init_weights and not r["run"])) for r in resolved]
+    meta = build_weighting(cfg, len(bases), init_weights)
     return StackedEnsemble(bases, meta, [r["name"] for r in resolved], mode=cfg["ensemble"]["mode"],
                            min_depth=cfg["data"]["min_depth"], max_depth=cfg["data"]["max_depth"],
-                           input_sizes=[r.get("input_size") for r in resolved])
+                           input_sizes=[r.get("input_size") for r in resolved], grid_size=model_input_size(cfg))
 
 
 def load_base_weights(ensemble: StackedEnsemble, resolved: list[dict]) -> None:
@@ -106,8 +111,24 @@ def load_base_weights(ensemble: StackedEnsemble, resolved: list[dict]) -> None:
             runs.load_state(base, runs.read_checkpoint(path)["model"], path, r["model"]["name"])
 
 
+def variant_parts(cfg: dict) -> list[str]:
+    """What tells a meta variant apart, e.g. ["rgb+d", "freeze", "live", "mobilenetv2_100",
+    "relaxed"]: inputs and mode, then what differs from the study's network and our
+    cached freeze mode. `.get`: configs of runs made before these keys existed."""
+    meta, ensemble = cfg["meta"], cfg["ensemble"]
+    parts = [meta["inputs"], ensemble["mode"]]
+    if ensemble["mode"] == "freeze" and ensemble.get("base_inputs", "cached") == "live":
+        parts.append("live")
+    if meta.get("encoder", DEFAULT_ENCODER) != DEFAULT_ENCODER:
+        parts.append(meta["encoder"])
+    if meta.get("head", "softmax") != "softmax":
+        parts.append(meta["head"])
+    return parts
+
+
 def run_name(cfg: dict) -> str:
-    return f"meta_{cfg['meta']['inputs'].replace('+', '')}_{cfg['ensemble']['mode']}"
+    """The default run folder name, e.g. meta_rgbd_freeze or meta_rgbd_freeze_live_relaxed."""
+    return "_".join(["meta", *(part.replace("+", "") for part in variant_parts(cfg))])
 
 
 def ensemble_data(cfg: dict, resolved: list[dict]) -> dict:
@@ -156,11 +177,14 @@ def train_meta(cfg: dict, *, resume: bool = False, force: bool = False, progress
         ensemble = build_ensemble(cfg)
         load_base_weights(ensemble, resolved)
 
-        if mode == "freeze":  # neither training nor validation runs the frozen bases again
+        if mode == "freeze" and cfg["ensemble"]["base_inputs"] == "cached":
+            # neither training nor validation runs the frozen bases again
             augment = cfg["augment"] if cfg["augment"]["enabled"] else None
             train_set = cached_split(cfg, ensemble, build_dataset(cfg, "train", augment=False), device, progress,
                                      augment)
             val_set = cached_split(cfg, ensemble, val_set, device, progress)
+        # otherwise the bases run on every batch: in freeze mode frozen, in eval mode and without
+        # gradients, on the augmented crops the meta-learner sees (the study's protocol)
         factor = 1.0 if mode == "simultaneous" else float(cfg["ensemble"]["base_lr_factor"])
         groups = ensemble.param_groups(float(cfg["train"]["lr"]), factor)
         summary = train(ensemble, cfg, train_set, val_set, run_dir, device=device, eigen_crop=eigen_crop,

@@ -15,7 +15,8 @@ H, W = 24, 32
 
 
 def cfg_augment(**changes) -> dict:
-    return {**load_config(["defaults"])["augment"], **changes}
+    """The packaged augmentation without its NYU pre-crop (these frames are tiny coordinate maps)."""
+    return {**load_config(["defaults"])["augment"], "precrop": None, **changes}
 
 
 def coordinate_sample() -> dict:
@@ -65,9 +66,41 @@ def test_colour_jitter_changes_rgb_only_and_stays_in_range():
     out = augment_sample(sample, augment_rng(0, 0, 0), cfg_augment(color=1.0, rotate_deg=0.0, crop=False, flip=0.0))
     assert torch.equal(out["depth"], sample["depth"])
     assert not torch.allclose(out["rgb"], sample["rgb"]) and out["rgb"].min() >= 0 and out["rgb"].max() <= 1
-    bright = jitter_color(torch.full((3, 2, 2), 0.5), (1.1, 1.0, (1.0, 1.0, 1.0)))
+    bright = jitter_color(torch.full((3, 2, 2), 0.5), (1.0, 1.1, 1.0, (1.0, 1.0, 1.0)))
     assert torch.allclose(bright, torch.full((3, 2, 2), 0.55))
-    assert jitter_color(torch.ones(3, 1, 1), (1.1, 1.1, (1.1, 1.1, 1.1))).max() == 1.0  # clamped
+    assert jitter_color(torch.ones(3, 1, 1), (1.0, 1.1, 1.1, (1.1, 1.1, 1.1))).max() == 1.0  # clamped
+
+
+def test_colour_jitter_is_gamma_then_brightness_then_channel_factors():
+    """The BTS/SG loader's order: rgb ** gamma * brightness * (r, g, b) factors, clamped."""
+    rgb = torch.tensor([0.25, 0.5, 0.81]).view(3, 1, 1).expand(3, 1, 2)
+    out = jitter_color(rgb, (0.5, 1.2, 1.0, (0.9, 1.0, 1.1)))
+    expected = torch.tensor([0.5 * 1.2 * 0.9, 0.5 ** 0.5 * 1.2, min(1.0, 0.9 * 1.2 * 1.1)]).view(3, 1, 1)
+    torch.testing.assert_close(out, expected.expand(3, 1, 2))
+    params = draw_params(augment_rng(0, 0, 1), cfg_augment(color=1.0), H, W)  # the packaged NYU ranges
+    gamma, brightness, contrast, channels = params.color
+    assert 0.9 <= gamma <= 1.1 and 0.75 <= brightness <= 1.25 and contrast == 1.0
+    assert all(0.9 <= c <= 1.1 for c in channels)
+
+
+def test_bts_precrop_on_real_frames_only():
+    """BTS's box (43, 45, 608, 472) of a 480x640 frame is cut before the 416x544 crop; the
+    crop keeps BTS's size (it is drawn inside the 427x565 box); synthetic frames keep it all."""
+    cfg = cfg_augment(precrop="auto", rotate_deg=0.0, flip=0.0, color=0.0)
+    y, x = torch.meshgrid(torch.arange(480.0), torch.arange(640.0), indexing="ij")
+    sample = {"rgb": torch.zeros(3, 480, 640), "depth": (1 + x + 640 * y)[None], "name": "n", "scene": "s"}
+    for index in range(4):
+        depth = augment_sample(sample, augment_rng(0, 0, index), cfg)["depth"][0]
+        assert depth.shape == (416, 544)
+        top, left = divmod(int(depth[0, 0]) - 1, 640)
+        assert 45 <= top and top + 416 <= 472 and 43 <= left and left + 544 <= 608
+    synthetic = [augment_sample(sample, augment_rng(0, 0, i), cfg, synthetic=True)["depth"][0] for i in range(8)]
+    unboxed = [augment_sample(sample, augment_rng(0, 0, i), {**cfg, "precrop": None})["depth"][0] for i in range(8)]
+    assert all(torch.equal(a, b) for a, b in zip(synthetic, unboxed))
+    corners = [divmod(int(d[0, 0]) - 1, 640) for d in synthetic]          # drawn over the whole frame
+    assert any(top < 45 or left < 43 or top + 416 > 472 or left + 544 > 608 for top, left in corners)
+    with pytest.raises(ConfigError, match="augment.precrop"):
+        augment_sample(sample, augment_rng(0, 0, 0), {**cfg, "precrop": [0, 0, 700, 480]})
 
 
 def test_crop_size_scales_416x544_with_the_frame():

@@ -151,9 +151,9 @@ def test_worker_count_that_is_neither_auto_nor_a_count(capsys, tmp_path, synth_r
 
 
 def test_missing_pretrained_weights(capsys, tmp_path, synth_root):
-    line = train_error(capsys, tmp_path, synth_root, "--set", f"model.pretrained_path={tmp_path / 'w.pth'}",
+    line = train_error(capsys, tmp_path, synth_root, "--set", f"model.pretrained={tmp_path / 'w.pth'}",
                        learner="ldrn")
-    assert line == f"error: {tmp_path / 'w.pth'}: pretrained weights file not found (model.pretrained_path)"
+    assert line == f"error: {tmp_path / 'w.pth'}: pretrained weights file not found (model.pretrained)"
 
 
 def test_run_folder_that_cannot_be_created(capsys, tmp_path, synth_root):
@@ -235,7 +235,8 @@ def test_meta_run_whose_base_checkpoint_changed(capsys, tmp_path, synth_root):
         base_checkpoint(path, seed)
     cfg = meta_config(mode="freeze", bases=[str(p.parent) for p in bases], overrides=[f"data.path={synth_root}"])
     cfg["ensemble"]["resolved"] = resolve_bases(cfg)
-    atomic_save(runs.checkpoint_payload(build_ensemble(cfg), cfg, kind="meta"), tmp_path / "meta" / "best.pt")
+    atomic_save(runs.checkpoint_payload(build_ensemble(cfg, init_weights=False), cfg, kind="meta"),
+                tmp_path / "meta" / "best.pt")
     base_checkpoint(bases[1], seed=7)                                         # retrained since
     code, line = run(capsys, "evaluate", tmp_path / "meta", "--data", synth_root, "--device", "cpu")
     assert code == 2 and line.startswith(f"error: {bases[1]}: base 'meter_xxs:b' checkpoint changed since the "

@@ -16,7 +16,7 @@ def test_evaluate_uses_the_runs_input_size(synth_root, tmp_path):
     run = tmp_path / "bts"
     run_cli("train-base", "bts", "--data", synth_root, "--out", run, "--size", "32x64", "--epochs", "1",
             "--batch-size", "4", "--device", "cpu", "--no-progress", "--set", "data.workers=0",
-            "--set", "train.max_steps_per_epoch=2", check=True)
+            "--set", "train.max_steps_per_epoch=2", "--set", "model.pretrained=false", check=True)
     printed = json.loads(run_cli("evaluate", run, "--split", "test", "--json", check=True).stdout)
 
     model, cfg = load_any_run(run, device=torch.device("cpu"), for_inference=True)

@@ -26,7 +26,7 @@ def tiny_experiment(out):
         "data": {"synth": {"train": 12, "val": 4, "test": 4, "size": [48, 64], "seed": 0}},
         "bases": [{"name": "meter_xxs", "preset": "cpu", "overrides": TWO_STEPS},
                   {"name": "bts", "preset": "cpu", "overrides": TWO_STEPS}],
-        "meta": [{"inputs": "rgb+d", "mode": "freeze", "overrides": TWO_STEPS}],
+        "meta": [{"inputs": "rgb+d", "mode": "freeze", "preset": "cpu", "overrides": TWO_STEPS}],
         "compare": {"bootstrap": 100, "measure": False, "figure_images": 2},
     }
 

@@ -109,8 +109,9 @@ def test_a_yaml_alias_loop_or_a_list_where_a_path_belongs(capsys, tmp_path, synt
     loop.write_text("run: {name: &a [*a]}\n")
     assert refused(capsys, tmp_path, synth_root, "--config", loop) == (
         f"error: {loop}: run.name must be a string or null, got [[...]]")
-    assert refused(capsys, tmp_path, synth_root, "--set", "model.pretrained_path=[a, b]", learner="ldrn") == (
-        "error: --set model.pretrained_path=[a, b]: model.pretrained_path must be a string or null, got ['a', 'b']")
+    assert refused(capsys, tmp_path, synth_root, "--set", "model.pretrained=[a, b]", learner="ldrn") == (
+        "error: --set model.pretrained=[a, b]: model.pretrained must be true (timm's ImageNet weights), false "
+        "(random init) or a weights file path, got ['a', 'b']")
 
 
 def test_a_flag_and_a_set_of_the_same_key_are_refused(capsys, tmp_path, synth_root):
@@ -122,11 +123,13 @@ def test_the_rules_name_the_metrics_modes_and_inputs_of_the_code():
     from ensemble_mde.config import packaged_rules
     from ensemble_mde.metrics import METRIC_KEYS
     from meta_learner.ensemble import MODES
+    from meta_learner.weighting import HEADS, INPUT_KINDS
 
     rules = packaged_rules()
     assert tuple(rules["train"]["best_metric"]["choices"]) == METRIC_KEYS
     assert tuple(rules["ensemble"]["mode"]["choices"]) == MODES
-    for name in ("base/adabins", "base/bts", "base/ldrn", "base/meter_xs", "meta/unet"):
+    assert (tuple(rules["meta"]["inputs"]["choices"]), tuple(rules["meta"]["head"]["choices"])) == (INPUT_KINDS, HEADS)
+    for name in ("base/adabins", "base/bts", "base/ldrn", "base/meter_xs", "meta/weighting"):
         load_config(["defaults", name])                        # every packaged default keeps its own rules
 
 
@@ -463,7 +466,7 @@ def test_baselines_over_the_same_bases_in_another_order_are_not_seeds(capsys, tm
                           overrides=[f"data.path={synth_root}", f"run.name={name}", "data.size=[48, 64]"])
         cfg["ensemble"]["resolved"] = resolve_bases(cfg)
         path = tmp_path / "runs" / name / "best.pt"
-        atomic_save(runs.checkpoint_payload(build_ensemble(cfg), cfg, kind="meta"), path)
+        atomic_save(runs.checkpoint_payload(build_ensemble(cfg, init_weights=False), cfg, kind="meta"), path)
         metas.append(path.parent)
     result, _ = compare_json(capsys, *metas, "--baselines", "mean")
     rows = {r["name"]: r for r in result["accuracy"]["rows"]}

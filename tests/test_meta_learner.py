@@ -1,5 +1,5 @@
-"""The weighting U-Net, the stacked ensemble's modes and the averaging baselines, on tiny
-stand-in base learners defined here (two convs each)."""
+"""The SG study's weighting network, the stacked ensemble's modes and the averaging
+baselines, on tiny stand-in base learners defined here (two convs each)."""
 
 import pytest
 import torch
@@ -9,15 +9,12 @@ from ensemble_mde.errors import ModelError
 from ensemble_mde.losses import silog_loss
 from ensemble_mde.profiling import count_gmacs, count_params
 from meta_learner import (BASELINES, MeanEnsemble, MedianEnsemble, OracleEnsemble, StackedEnsemble,
-                          WeightedEnsemble, WeightingUNet, blend)
-from meta_learner.unet import WeightingUNetOnRgb
+                          WeightedEnsemble, WeightingNetwork, blend)
+from meta_learner.weighting import WeightingOnRgb
 
-from conftest import TinyLearner
+from conftest import TinyLearner, stage_report
 
 H, W = 32, 48
-SMALL_UNET = dict(center_channels=16, decoder_channels=(16, 8, 8, 8, 8))
-SMALL_UNET_STRIDE2 = dict(center_channels=16, decoder_channels=(16, 8, 8, 8))   # logits at 1/2, upsampled
-SMALL_UNET_STRIDE4 = dict(center_channels=16, decoder_channels=(16, 8, 8))      # logits at 1/4, upsampled
 
 
 def make_batch(seed: int = 0, b: int = 2) -> dict:
@@ -27,10 +24,10 @@ def make_batch(seed: int = 0, b: int = 2) -> dict:
     return {"rgb": torch.rand(b, 3, H, W, generator=g), "depth": depth}
 
 
-def make_ensemble(mode: str, k: int = 2) -> StackedEnsemble:
+def make_ensemble(mode: str, k: int = 2, head: str = "softmax") -> StackedEnsemble:
     bases = [TinyLearner(seed=i) for i in range(k)]
     torch.manual_seed(100)
-    meta = WeightingUNet(k, "rgb+d", **SMALL_UNET)
+    meta = WeightingNetwork(k, "rgb+d", head=head)
     return StackedEnsemble(bases, meta, [f"tiny{i}" for i in range(k)], mode=mode)
 
 
@@ -50,93 +47,106 @@ def train_steps(model: StackedEnsemble, steps: int = 3, lr: float = 1e-2, base_l
         optimizer.step()
 
 
-# ---------------------------------------------------------------- WeightingUNet
+# ---------------------------------------------------------------- the weighting network
 
-@pytest.mark.parametrize("widths", [SMALL_UNET, SMALL_UNET_STRIDE2, SMALL_UNET_STRIDE4])
 @pytest.mark.parametrize("inputs, channels", [("rgb", 3), ("d", 3), ("rgb+d", 6)])
-def test_unet_input_channels_and_output_shape(inputs, channels, widths):
+def test_network_input_channels_and_output_shape(inputs, channels):
     k = 3
-    unet = WeightingUNet(k, inputs, **widths)
-    assert unet.in_channels == channels
-    assert unet.encoder.model.conv_stem.weight.shape[1] == channels
+    net = WeightingNetwork(k, inputs)
+    assert net.in_channels == channels
+    assert net.encoder.model.conv_stem.weight.shape[1] == channels
     rgb = torch.rand(2, 3, 37, 50)         # not a multiple of 32: padded inside, cropped back
     depths = 10 * torch.rand(2, k, 37, 50)
-    weights = unet(rgb if "rgb" in inputs else None, depths if "d" in inputs else None)
-    assert weights.shape == (2, k, 37, 50)
+    out = net(rgb if "rgb" in inputs else None, depths if "d" in inputs else None)
+    assert set(out) == {"weights"} and out["weights"].shape == (2, k, 37, 50)
 
 
-@pytest.mark.parametrize("widths", [SMALL_UNET, SMALL_UNET_STRIDE2, SMALL_UNET_STRIDE4])
-def test_unet_weights_are_a_softmax_over_learners(widths):
+def test_softmax_weights_sum_to_one_per_pixel_and_vary():
     k = 3
-    unet = WeightingUNet(k, "rgb+d", **widths).eval()
+    net = WeightingNetwork(k, "rgb+d").eval()
     torch.manual_seed(0)
-    nn.init.normal_(unet.head.weight, std=0.5)     # a trained-looking head: weights vary per pixel
     rgb, depths = torch.rand(2, 3, H, W), 10 * torch.rand(2, k, H, W)
     with torch.no_grad():
-        weights = unet(rgb, depths)
+        weights = net(rgb, depths)["weights"]
     torch.testing.assert_close(weights.sum(dim=1), torch.ones(2, H, W), rtol=0, atol=1e-6)
     assert bool((weights >= 0).all())
     assert float(weights.std(dim=(2, 3)).min()) > 1e-4   # not constant over the image
 
 
-def test_fresh_unet_starts_as_the_mean():
-    k = 3
-    unet = WeightingUNet(k, "rgb+d", **SMALL_UNET).eval()
-    depths = 10 * torch.rand(1, k, H, W)
-    weights = unet(torch.rand(1, 3, H, W), depths)
-    torch.testing.assert_close(weights, torch.full_like(weights, 1 / 3))
-    torch.testing.assert_close(blend(weights, depths), MeanEnsemble()(depths))
+def test_relaxed_head_gives_positive_finite_depth_and_no_weights():
+    net = WeightingNetwork(3, "rgb+d", head="relaxed").eval()
+    assert count_params(net.relax) == 3 + 1                # 1x1 conv K -> 1 with bias
+    with torch.no_grad():
+        nn.init.constant_(net.relax.bias, -5.0)            # the ReLU clips everything: depth = the 1e-9 floor
+        out = net(torch.rand(2, 3, H, W), 10 * torch.rand(2, 3, H, W))
+    assert set(out) == {"depth"} and out["depth"].shape == (2, 1, H, W)
+    assert bool(torch.isfinite(out["depth"]).all()) and bool((out["depth"] > 0).all())
+    ensemble = make_ensemble("freeze", head="relaxed").eval()
+    with torch.no_grad():
+        result = ensemble(torch.rand(1, 3, H, W))
+    assert "weights" not in result and bool((result["depth"] > 0).all())
 
 
-def test_unet_depth_inputs_are_scaled_by_max_depth():
-    unet = WeightingUNet(2, "d", max_depth=8.0, **SMALL_UNET)
+def test_depth_inputs_are_metres_and_rgb_is_imagenet_normalised():
+    """As the study's controller sees them: cat(normalised image, base depths in metres)."""
+    net = WeightingNetwork(2, "rgb+d")
     depths = torch.tensor([2.0, 8.0]).view(1, 2, 1, 1).expand(1, 2, 4, 4)
-    torch.testing.assert_close(unet.network_input(None, depths)[0, :, 0, 0], torch.tensor([0.25, 1.0]))
-    rgb_unet = WeightingUNet(2, "rgb", **SMALL_UNET)
-    grey = torch.full((1, 3, 2, 2), 0.485)      # ImageNet mean of the red channel -> 0 after normalising
-    assert float(rgb_unet.network_input(grey, None)[0, 0, 0, 0]) == pytest.approx(0.0, abs=1e-6)
+    grey = torch.full((1, 3, 4, 4), 0.485)      # ImageNet mean of the red channel -> 0 after normalising
+    x = net.network_input(grey, depths)
+    assert x.shape == (1, 5, 4, 4) and float(x[0, 0, 0, 0]) == pytest.approx(0.0, abs=1e-6)
+    torch.testing.assert_close(x[0, 3:, 0, 0], torch.tensor([2.0, 8.0]))
 
 
-def test_unet_rejects_bad_arguments():
-    with pytest.raises(ModelError, match="inputs"):
-        WeightingUNet(3, "depth")
-    with pytest.raises(ModelError, match="decoder_channels"):
-        WeightingUNet(3, "rgb", center_channels=16, decoder_channels=(8, 8))   # logits at 1/8: not offered
-    unet = WeightingUNet(3, "rgb+d", **SMALL_UNET)
+def test_network_rejects_bad_arguments():
+    with pytest.raises(ModelError, match="meta.inputs"):
+        WeightingNetwork(3, "depth")
+    with pytest.raises(ModelError, match="meta.head"):
+        WeightingNetwork(3, "rgb", head="sigmoid")
+    net = WeightingNetwork(3, "rgb+d")
     with pytest.raises(ModelError, match="base depths"):
-        unet(torch.rand(1, 3, H, W), torch.rand(1, 2, H, W))
+        net(torch.rand(1, 3, H, W), torch.rand(1, 2, H, W))
 
 
-def test_unet_loads_local_encoder_weights_widening_the_first_conv(tmp_path):
-    import timm
-
-    torch.manual_seed(3)
-    classifier = timm.create_model("ghostnet_100", pretrained=False)   # what an ImageNet checkpoint holds
-    path = tmp_path / "ghostnet_100.pth"
-    torch.save(classifier.state_dict(), path)
-    unet = WeightingUNet(2, "rgb+d", pretrained_path=path, **SMALL_UNET)
-    rgb_filters = classifier.conv_stem.weight
-    stem = unet.encoder.model.conv_stem.weight
-    assert torch.equal(stem[:, :3], rgb_filters)
-    torch.testing.assert_close(stem[:, 3], rgb_filters.mean(dim=1))
-    torch.testing.assert_close(stem[:, 4], rgb_filters.mean(dim=1))
-    deep = "ghost1.primary_conv.0.weight"
-    assert torch.equal(unet.encoder.model.state_dict()[f"blocks_7.0.{deep}"], classifier.state_dict()[f"blocks.7.0.{deep}"])
+# The study's torchinfo totals at 416x544, K = 3 (architecture/MOD_{IO,I,O}-F-G.txt,
+# MOD_IO-F-M2.txt, MOD_IO-F-D161.txt): (params, G mult-adds).
+STUDY_SIZES = [("rgb+d", "ghostnet_100", 4_266_678, 1.69), ("rgb", "ghostnet_100", 4_266_246, 1.66),
+               ("d", "ghostnet_100", 4_266_246, 1.66), ("rgb+d", "mobilenetv2_100", 3_702_458, 2.41),
+               ("rgb+d", "densenet161", 30_298_146, 37.53)]
 
 
-@pytest.mark.parametrize("inputs", ["rgb", "d", "rgb+d"])
-def test_unet_within_budget_at_416x544(inputs):
-    """Acceptance: <= 4.3M params and <= 1.7 G mult-adds (FlopCounterMode flops / 2) at
-    416x544 with K=3, counted at that size."""
-    unet = WeightingUNet(3, inputs)
-    assert count_params(unet) <= 4.3e6
-    assert count_gmacs(WeightingUNetOnRgb(unet), (416, 544), batch=1) <= 1.7
+@pytest.mark.parametrize("inputs, encoder, params, gmacs", STUDY_SIZES)
+def test_sizes_are_the_studys_at_416x544(inputs, encoder, params, gmacs):
+    with torch.device("meta"):
+        net = WeightingNetwork(3, inputs, encoder=encoder)
+    assert count_params(net) == params
+    assert count_gmacs(WeightingOnRgb(net), (416, 544)) == pytest.approx(gmacs, rel=0.01)
+
+
+def test_decoder_stages_match_the_study_summary():
+    """MOD_IO-F-G.txt: each decoder stage's output [C, H, W] and parameter count at 416x544."""
+    stages = {"trunk.conv": ((960, 15, 19), 922_560), "trunk.up1": ((592, 26, 34), 10_560 + 461_760),
+              "trunk.up2": ((280, 52, 68), 6_512 + 142_560), "trunk.up3": ((144, 104, 136), 3_080 + 33_840),
+              "trunk.up4": ((76, 208, 272), 1_584 + 8_760), "up5": ((30, 208, 272), 684 + 152 + 2_280 + 60),
+              "conv3": ((3, 416, 544), 270 + 60 + 90 + 6)}
+    net = WeightingNetwork(3, "rgb+d").eval()
+    assert stage_report(net, stages, torch.rand(1, 3, 416, 544), 10 * torch.rand(1, 3, 416, 544)) == stages
+
+
+def test_pretrained_non_ghostnet_encoder_loads_from_the_hf_cache_widening_the_first_conv(hf_cache):
+    cached = hf_cache("mobilenetv2_100")
+    net = WeightingNetwork(3, "rgb+d", encoder="mobilenetv2_100", pretrained=True)
+    own = net.encoder.model.state_dict()
+    stem = own.pop("conv_stem.weight")
+    assert stem.shape == (32, 6, 3, 3)                      # RGB filters repeated over the depth channels
+    assert torch.equal(stem[:, :3], cached["conv_stem.weight"]) and torch.equal(stem[:, 3:], cached["conv_stem.weight"])
+    assert all(torch.equal(v, cached[k]) for k, v in own.items())
 
 
 def test_selectable_layers_name_encoder_and_decoder_stages():
     model = make_ensemble("freeze")
     layers = model.selectable_layers()
-    assert list(layers) == [f"enc_{i}" for i in range(5)] + ["center"] + [f"dec_{i}" for i in range(5)]
+    assert list(layers) == [f"enc_{i}" for i in range(5)] + ["dec_conv", "dec_up1", "dec_up2", "dec_up3",
+                                                             "dec_up4", "dec_up5", "dec_head"]
     seen = {}
 
     def record(name):
@@ -149,7 +159,8 @@ def test_selectable_layers_name_encoder_and_decoder_stages():
     for h in hooks:
         h.remove()
     assert [seen[f"enc_{i}"][-1] for i in range(5)] == [32, 16, 8, 4, 2]      # strides 2..32
-    assert [seen[f"dec_{i}"][-1] for i in range(5)] == [4, 8, 16, 32, 64]     # strides 16..1
+    assert [seen[n][-1] for n in ("dec_up1", "dec_up2", "dec_up3", "dec_up4", "dec_up5", "dec_head")] == [
+        4, 8, 16, 32, 32, 64]
 
 
 # ---------------------------------------------------------------- blend and the ensemble
@@ -244,9 +255,9 @@ def test_simultaneous_trains_bases_and_meta_together():
 
 def test_ensemble_rejects_mismatched_parts():
     with pytest.raises(ModelError, match="weights for"):
-        StackedEnsemble([TinyLearner(0), TinyLearner(1)], WeightingUNet(3, "rgb", **SMALL_UNET), ["a", "b"])
+        StackedEnsemble([TinyLearner(0), TinyLearner(1)], WeightingNetwork(3, "rgb"), ["a", "b"])
     with pytest.raises(ModelError, match="unique name"):
-        StackedEnsemble([TinyLearner(0), TinyLearner(1)], WeightingUNet(2, "rgb", **SMALL_UNET), ["a", "a"])
+        StackedEnsemble([TinyLearner(0), TinyLearner(1)], WeightingNetwork(2, "rgb"), ["a", "a"])
     with pytest.raises(ModelError, match="mode"):
         make_ensemble("frozen")
 
@@ -288,3 +299,14 @@ def test_baseline_registry():
     assert set(BASELINES) == {"mean", "median", "weighted", "oracle", "convex"}
     assert BASELINES["weighted"]([1.0, 1.0, 1.0])(DEPTHS).shape == (1, 1, 1, 3)
     assert not BASELINES["mean"]().upper_bound
+
+
+def test_a_base_sees_a_training_crop_scaled_as_its_frame_would_be():
+    """A base trained at 192x256 on 480x640 frames: a whole frame reaches it at 192x256, a
+    416x544 crop of one at the same scale (166x218), not stretched to a whole frame."""
+    from meta_learner.ensemble import base_input_size
+
+    assert base_input_size((192, 256), (480, 640), (480, 640)) == (192, 256)
+    assert base_input_size((192, 256), (416, 544), (480, 640)) == (166, 218)
+    assert base_input_size((192, 256), (416, 544), None) == (192, 256)      # no grid known: the size itself
+    assert base_input_size(None, (416, 544), (480, 640)) is None             # a base without one: as it comes

@@ -46,3 +46,23 @@ def test_profile_model_reports_all_figures():
     assert result["params"] == 24
     assert result["gmacs"] == pytest.approx(4 * 5 * 24 / 1e9, rel=1e-12)
     assert result["latency_ms"] > 0 and result["fps"] > 0
+
+
+def test_profile_cli_counts_the_meta_variants_and_learners_as_configured(capsys):
+    """`ensemble profile meta --set ...` builds the variant the override names (the study's
+    sizes at 416x544 are checked in test_meta_learner.py; here the CLI path, at a small size)."""
+    import json
+
+    from ensemble_mde.cli import main
+
+    def profile(*args):
+        with pytest.raises(SystemExit) as done:
+            main(["profile", *args, "--size", "64x96", "--repeats", "1", "--device", "cpu", "--json"])
+        assert done.value.code == 0
+        return json.loads(capsys.readouterr().out)["params"]
+
+    assert profile("meta") == 4_266_678
+    assert profile("meta", "--set", "meta.inputs=rgb") == 4_266_246
+    assert profile("meta", "--set", "meta.encoder=mobilenetv2_100") == 3_702_458
+    assert profile("meta", "--set", "meta.head=relaxed") == 4_266_678 + 4
+    assert profile("bts") == 8_900_728

@@ -11,7 +11,8 @@ import torch
 from conftest import run_cli
 
 ARGS = ["--epochs", "2", "--batch-size", "4", "--seed", "5", "--device", "cpu", "--no-progress",
-        "--set", "train.checkpoint_every=1", "--set", "data.workers=0", "--set", "train.lr=1e-3"]
+        "--set", "train.checkpoint_every=1", "--set", "data.workers=0", "--set", "train.lr=1e-3",
+        "--set", "model.pretrained=false"]
 
 
 def _state(last):

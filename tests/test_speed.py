@@ -12,7 +12,7 @@ from ensemble_mde.config import load_config
 from ensemble_mde.speed import fold_batchnorm, keep_freed_memory, prepare_for_inference
 from meta_learner.baselines import BaselineOverBases, MeanEnsemble
 from meta_learner.ensemble import StackedEnsemble
-from meta_learner.unet import WeightingUNet
+from meta_learner.weighting import WeightingNetwork
 
 SIZE = (64, 96)
 
@@ -54,7 +54,7 @@ def test_fold_batchnorm_matches_conv_then_batchnorm():
 @pytest.mark.parametrize("name", ["adabins", "bts", "ldrn", "meter_xxs"])
 def test_fast_path_gives_the_plain_depth(name):
     torch.manual_seed(0)
-    plain, fast = plain_and_fast(runs.build_learner(load_config(["defaults", f"base/{name}"])))
+    plain, fast = plain_and_fast(runs.build_learner(load_config(["defaults", f"base/{name}"]), init_weights=False))
     assert sum(isinstance(m, nn.BatchNorm2d) for m in fast.modules()) < sum(
         isinstance(m, nn.BatchNorm2d) for m in plain.modules())               # something was folded
     x = torch.rand(2, 3, *SIZE, generator=torch.Generator().manual_seed(1))
@@ -66,8 +66,8 @@ def test_fast_path_gives_the_plain_ensemble_and_average():
     torch.manual_seed(0)
     names = ["bts", "ldrn"]
     bases = [base_learners.create(n) for n in names]
-    meta = WeightingUNet(2, inputs="rgb+d")
-    nn.init.normal_(meta.head.weight, std=0.5)   # a trained-looking head: weights far from 1/K
+    meta = WeightingNetwork(2, inputs="rgb+d")
+    nn.init.normal_(meta.conv3.pointwise[0].weight, std=3.0)   # a trained-looking head: weights far from 1/K
     plain, fast = plain_and_fast(StackedEnsemble(bases, meta, names, mode="freeze"))
     x = torch.rand(2, 3, *SIZE, generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
@@ -87,13 +87,13 @@ def test_keep_freed_memory_is_idempotent():
 def test_compiled_fast_path_gives_the_plain_weights():
     """`--compile` (inductor with frozen weights) on top of the fast path: same weights."""
     torch.manual_seed(0)
-    meta = WeightingUNet(2, inputs="rgb+d")
-    nn.init.normal_(meta.head.weight, std=0.5)
+    meta = WeightingNetwork(2, inputs="rgb+d")
+    nn.init.normal_(meta.conv3.pointwise[0].weight, std=3.0)
     plain, fast = plain_and_fast(meta)
     compiled = prepare_for_inference(fast, compile=True)
     gen = torch.Generator().manual_seed(1)
     rgb, depths = torch.rand(1, 3, *SIZE, generator=gen), 10 * torch.rand(1, 2, *SIZE, generator=gen)
     with torch.inference_mode():
-        expected = plain(rgb, depths)
+        expected = plain(rgb, depths)["weights"]
         assert float(expected.std()) > 0.05
-        assert close(compiled(rgb, depths), expected)
+        assert close(compiled(rgb, depths)["weights"], expected)

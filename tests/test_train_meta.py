@@ -10,14 +10,16 @@ from conftest import run_cli
 
 TINY = ["--epochs", "1", "--batch-size", "4", "--device", "cpu", "--no-progress",
         "--set", "data.workers=0", "--set", "train.max_steps_per_epoch=2"]
+META_TINY = [*TINY, "--set", "meta.pretrained=false"]   # the NYU default fetches ImageNet weights
 
 
 @pytest.fixture(scope="module")
 def bases(synth_root, tmp_path_factory):
     runs_dir = tmp_path_factory.mktemp("runs")
     for name in ("bts", "meter_xxs"):
+        weights = ["--set", "model.pretrained=false"] if name == "bts" else []
         run_cli("train-base", name, "--data", synth_root, "--out", runs_dir / name, *TINY,
-                "--set", "data.size=null", check=True)
+                "--set", "data.size=null", *weights, check=True)
     return runs_dir
 
 
@@ -25,7 +27,7 @@ def test_freeze_meta_run_is_self_describing(bases, synth_root, tmp_path):
     base_runs = f"{bases / 'bts'},{bases / 'meter_xxs'}"
     out = tmp_path / "meta"
     proc = run_cli("train-meta", "--inputs", "rgb+d", "--freeze", "--bases", base_runs, "--out", out,
-                   "--set", f"ensemble.cache_dir={tmp_path / 'cache'}", *TINY, check=True)
+                   "--set", f"ensemble.cache_dir={tmp_path / 'cache'}", *META_TINY, check=True)
     assert "bases: bts" in proc.stdout
     ckpt = torch.load(out / "best.pt", weights_only=True)
     resolved = ckpt["config"]["ensemble"]["resolved"]
@@ -45,7 +47,7 @@ def test_freeze_meta_run_is_self_describing(bases, synth_root, tmp_path):
 
     # a second meta run on the same bases and data reuses the cache files
     run_cli("train-meta", "--inputs", "d", "--freeze", "--bases", base_runs, "--out", tmp_path / "meta_d",
-            "--set", f"ensemble.cache_dir={tmp_path / 'cache'}", *TINY, check=True)
+            "--set", f"ensemble.cache_dir={tmp_path / 'cache'}", *META_TINY, check=True)
     assert len(list((tmp_path / "cache").glob("preds-*.h5"))) == 2
 
     # a base checkpoint that changed afterwards makes the meta run refuse to load
@@ -60,7 +62,7 @@ def test_freeze_meta_run_is_self_describing(bases, synth_root, tmp_path):
 def test_simultaneous_accepts_learner_names(synth_root, tmp_path):
     out = tmp_path / "sim"
     run_cli("train-meta", "--inputs", "rgb", "--simultaneous", "--bases", "bts,meter_xxs", "--data", synth_root,
-            "--out", out, *TINY, "--set", "data.size=null", check=True)
+            "--out", out, *META_TINY, "--set", "data.size=null", "--set", "ensemble.base_pretrained=false", check=True)
     terms = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     train_terms = [t for t in terms if t["type"] == "train"][-1]
     assert {"silog", "base_bts", "base_meter_xxs", "total"} <= set(train_terms)
@@ -75,7 +77,7 @@ def test_freeze_mode_never_runs_the_bases_after_filling_the_cache(bases, synth_r
 
     cfg = training.meta_config(inputs="rgb+d", mode="freeze", bases=[bases / "bts", bases / "meter_xxs"], overrides=[
         f"run.runs_dir={tmp_path}", f"ensemble.cache_dir={tmp_path / 'cache'}", "run.device=cpu", "data.workers=0",
-        "train.epochs=2", "train.batch_size=4", "train.max_steps_per_epoch=2"])
+        "train.epochs=2", "train.batch_size=4", "train.max_steps_per_epoch=2", "meta.pretrained=false"])
     calls, seen = [], {}
     real_train = training.train
 
@@ -101,3 +103,49 @@ def test_freeze_mode_never_runs_the_bases_after_filling_the_cache(bases, synth_r
     assert abs(from_cache["rmse"] - recomputed["rmse"]) <= 1e-3 * recomputed["rmse"]
     with pytest.raises(ValueError, match="unflipped"):      # flip TTA would need the bases on the flipped image
         evaluate_model(model, cached_val, flip=True, **kwargs)
+
+
+@pytest.mark.parametrize("base_inputs", ["cached", "live"])
+def test_freeze_mode_leaves_the_bases_bit_identical(bases, tmp_path, base_inputs):
+    """Under both protocols the frozen bases' weights and BatchNorm statistics in the meta
+    run are the base checkpoints' own, bit for bit."""
+    out = tmp_path / f"meta_{base_inputs}"
+    run_cli("train-meta", "--inputs", "rgb+d", "--freeze", "--bases", f"{bases / 'bts'},{bases / 'meter_xxs'}",
+            "--out", out, "--set", f"ensemble.cache_dir={tmp_path / 'cache'}", "--set",
+            f"ensemble.base_inputs={base_inputs}", *META_TINY, check=True)
+    ckpt = torch.load(out / "best.pt", weights_only=True)
+    assert ckpt["config"]["ensemble"]["base_inputs"] == base_inputs
+    for i, name in enumerate(("bts", "meter_xxs")):
+        base_state = torch.load(bases / name / "best.pt", weights_only=True)["model"]
+        assert all(torch.equal(ckpt["model"][f"bases.{i}.{k}"], v) for k, v in base_state.items()), name
+    assert (tmp_path / "cache").exists() == (base_inputs == "cached")   # live never fills a cache
+
+
+def test_live_bases_see_the_augmented_batch_the_meta_learner_sees(bases, tmp_path, monkeypatch):
+    """The study's protocol: frozen bases (eval mode, no gradients) run on each augmented
+    training batch, colour jitter included, and the meta-learner gets that same batch."""
+    from meta_learner import training
+
+    cfg = training.meta_config(inputs="rgb+d", mode="freeze", bases=[bases / "bts", bases / "meter_xxs"], overrides=[
+        f"run.runs_dir={tmp_path}", "ensemble.base_inputs=live", "run.device=cpu", "data.workers=0",
+        "train.epochs=1", "train.batch_size=4", "train.max_steps_per_epoch=2", "meta.pretrained=false",
+        "augment.color=1.0", "augment.flip=1.0"])
+    seen = []
+    real_train = training.train
+
+    def recording_train(model, cfg, train_set, *args, **kwargs):
+        assert "base_depths" not in train_set[0] and train_set.augment_cfg is not None
+        for base in model.bases:
+            base.register_forward_hook(lambda m, inputs, output: seen.append(
+                ("base", inputs[0].detach().clone(), m.training, torch.is_grad_enabled())))
+        model.meta.register_forward_hook(lambda m, inputs, output: seen.append(
+            ("meta", inputs[0].detach().clone(), m.training, torch.is_grad_enabled())))
+        return real_train(model, cfg, train_set, *args, **kwargs)
+
+    monkeypatch.setattr(training, "train", recording_train)
+    training.train_meta(cfg, progress=False)
+    # step 1: the two bases, then the meta-learner
+    (_, rgb0, train0, grad0), (_, rgb1, _, _), (kind, meta_rgb, meta_training, meta_grad) = seen[:3]
+    assert kind == "meta" and meta_training and meta_grad
+    assert not train0 and not grad0                # frozen: eval mode, no graph
+    assert torch.equal(rgb0, meta_rgb) and torch.equal(rgb1, meta_rgb)

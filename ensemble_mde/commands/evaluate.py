@@ -39,9 +39,11 @@ def register(sub) -> None:
                        description="Size and speed of a model: params, mult-adds (torch.utils.flop_counter, "
                                    "flops/2), median latency after warm-up, FPS.")
     p.add_argument("target", nargs="?", help="learner name (e.g. adabins), run folder, or 'meta' (the weighting "
-                                             "U-Net alone)")
+                                             "network alone)")
     p.add_argument("--list", action="store_true", help="print the learner names and exit")
     p.add_argument("--learners", type=int, default=3, help="meta: number of base learners K (default 3)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="learner name or meta: override a key of its packaged config, e.g. --set meta.inputs=rgb")
     p.add_argument("--size", metavar="HxW", help="input size (default: a run's own input size; a learner's "
                                                  "configured data.size, else 416x544)")
     p.add_argument("--batch-size", type=int, default=1, dest="batch_size")
@@ -137,8 +139,10 @@ def cmd_predict(args) -> int:
             save_weight_maps(outputs["weights"][0].float().cpu(), getattr(model, "names", None),
                              out / f"{stem}_weights.png")
             written.append(f"{stem}_weights.png")
+        note = ("; no weight map: the relaxed head predicts depth, not weights"
+                if "base_depths" in outputs and "weights" not in outputs else "")
         print(f"{image}: depth {float(depth.min()):.2f}-{float(depth.max()):.2f} m "
-              f"(median {float(depth.median()):.2f}) -> {', '.join(str(out / n) for n in written)}")
+              f"(median {float(depth.median()):.2f}) -> {', '.join(str(out / n) for n in written)}{note}")
     return 0
 
 
@@ -161,7 +165,7 @@ def cmd_profile(args) -> int:
     if Path(args.target).exists():
         model, cfg = load_any_run(args.target, device=device)
     else:
-        model, cfg = packaged_learner(args.target, num_learners=args.learners)
+        model, cfg = packaged_learner(args.target, num_learners=args.learners, overrides=args.overrides)
     size = parse_size(args.size) if args.size else model_input_size(cfg) or DEFAULT_PROFILE_SIZE
     result = profile_model(model, size, batch=args.batch_size, device=device, repeats=args.repeats,
                            compile=args.compile)

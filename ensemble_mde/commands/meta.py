@@ -6,9 +6,12 @@ from ensemble_mde.commands.train import add_run_folder_options, add_training_opt
 
 
 def register(sub) -> None:
-    p = sub.add_parser("train-meta", help="train the U-Net meta-learner that weights the base learners per pixel",
-                       description="Stacked generalization: a U-Net looks at the image and/or the base depths and "
-                                   "outputs per-pixel weights; the ensemble depth is the weighted sum.")
+    p = sub.add_parser("train-meta", help="train the meta-learner that weights the base learners per pixel",
+                       description="Stacked generalization: the SG study's weighting network looks at the image "
+                                   "and/or the base depths and outputs per-pixel weights; the ensemble depth is the "
+                                   "weighted sum (--set meta.head=relaxed: the network's own depth). Variants: "
+                                   "--set meta.encoder=mobilenetv2_100|densenet161|<timm name>, "
+                                   "--set ensemble.base_inputs=cached|live (freeze mode).")
     p.add_argument("--inputs", choices=["rgb", "d", "rgb+d"], help="what the meta-learner sees (default rgb+d)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--freeze", dest="mode", action="store_const", const="freeze",

@@ -409,7 +409,8 @@ class DepthDataset(torch.utils.data.Dataset):
         sample = {"rgb": rgb, "depth": depth, "name": record.name, "scene": record.scene,
                   "focal": focal, "index": index}
         if self.augment_cfg is not None:
-            sample = augment_sample(sample, augment_rng(self.seed, self.epoch, index), self.augment_cfg)
+            sample = augment_sample(sample, augment_rng(self.seed, self.epoch, index), self.augment_cfg,
+                                    synthetic=self.is_synthetic)
         return sample
 
     def gt_size(self) -> tuple[int, int]:

@@ -30,11 +30,12 @@ class RateColumn(ProgressColumn):
 
 
 def task_progress(enabled: bool = True, *extra_columns) -> Progress:
-    """Description, bar, done/total, rate, elapsed, ETA (+ extra columns); disabled = silent."""
+    """Description, bar, done/total, rate, elapsed, ETA (+ extra columns); disabled = silent.
+    On stderr, so that what a command prints (a JSON object, a CSV table) stays clean on stdout."""
     return Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), *extra_columns,
         RateColumn(), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-        disable=not enabled,
+        disable=not enabled, console=output_console(stderr=True),
     )
 
 

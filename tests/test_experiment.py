@@ -78,7 +78,7 @@ def test_second_invocation_skips_finished_steps(finished):
     stamp = best.stat().st_mtime_ns
     shutil.copy(out / "report" / "training_curves.png", out / "runs" / "meter_xxs" / "lr_find.png")
     proc = run_cli("experiment", path, "--no-progress", check=True)
-    assert "skip train meter_xxs" in proc.stdout and "skip train meta_rgbd_freeze" in proc.stdout
+    assert "skip train meter_xxs" in proc.stderr and "skip train meta_rgbd_freeze" in proc.stderr  # status: stderr
     steps = json.loads((out / "experiment.json").read_text())["steps"]
     assert [s["status"] for s in steps] == ["done", "done", "done", "done", "new"]
     assert best.stat().st_mtime_ns == stamp
@@ -168,14 +168,15 @@ def test_each_base_runs_at_its_own_input_size_and_the_compute_counts_it(finished
 
 
 def experiment_cli(capsys, path) -> str:
-    """stdout of `ensemble experiment PATH --no-progress` run in this process (it must succeed)."""
+    """What `ensemble experiment PATH --no-progress` run in this process prints (it must
+    succeed): the status lines (stderr, beside the progress bars), then the tables (stdout)."""
     from ensemble_mde.cli import main
 
     with pytest.raises(SystemExit) as e:
         main(["experiment", str(path), "--no-progress"])
     out, err = capsys.readouterr()
     assert e.value.code == 0, err
-    return out
+    return err + out
 
 
 def test_a_changed_experiment_reruns_its_stale_steps_and_says_why(tmp_path, capsys):

@@ -164,7 +164,7 @@ def test_interrupted_run_leaves_no_list(tmp_path, monkeypatch):
     def crash(task):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(synth, "_run_room", crash)
+    monkeypatch.setattr(synth.write, "_run_room", crash)  # where synthesize looks it up
     with pytest.raises(KeyboardInterrupt):
         synth.synthesize(tmp_path, counts={"train": 2}, size=SIZE, seed=1, progress=False, workers=1)
     assert not list((tmp_path / "data").glob("*.csv"))

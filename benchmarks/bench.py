@@ -31,8 +31,7 @@ import torch
 
 import bench_cache
 import bench_synth
-from ensemble_mde import runs
-from ensemble_mde.cli import parse_size
+from ensemble_mde.config import parse_size
 from ensemble_mde.config import load_config
 from ensemble_mde.data import build_dataset, loader_workers
 from ensemble_mde.data.synth import synthesize
@@ -40,6 +39,7 @@ from ensemble_mde.device import resolve_device
 from ensemble_mde.profiling import (count_gmacs, count_params, cpu_model, matmul_gflops, measure_latency,
                                     peak_memory_mb, training_images_per_s)
 from ensemble_mde.speed import compile_for_inference, keep_freed_memory, prepare_for_inference
+from ensemble_mde.loading import build_learner
 from meta_learner.baselines import BaselineOverBases, MeanEnsemble
 from meta_learner.ensemble import StackedEnsemble
 from meta_learner.weighting import WeightingOnRgb, build_weighting
@@ -52,7 +52,7 @@ def build_models(learners: list[str], meta_overrides: list[str]) -> dict[str, tu
     """name -> (model taking rgb, K base maps its training step reads from the cache or 0);
     `meta_overrides`: `--set` lines for the meta-learner's config."""
     cfgs = {name: load_config(["defaults", f"base/{name}"]) for name in learners}
-    bases = [runs.build_learner(cfgs[name], init_weights=False).eval() for name in learners]
+    bases = [build_learner(cfgs[name], init_weights=False).eval() for name in learners]
     meta_cfg = load_config(["defaults", "meta/weighting"], overrides=meta_overrides)
     meta = build_weighting(meta_cfg, len(bases), init_weights=False)
     ensemble = StackedEnsemble(bases, meta, learners, mode="freeze").eval()
@@ -183,7 +183,7 @@ def loader_vs_step(device: torch.device, frames: int = 160) -> dict:
         size = tuple(batch["rgb"].shape[-2:])
     loader_img_s = counted / loader_s
     # A training step's time does not depend on the pixels: random frames of the loader's shape.
-    step_img_s = training_images_per_s(runs.build_learner(cfg, init_weights=False), size, batch_size, device, steps=7)
+    step_img_s = training_images_per_s(build_learner(cfg, init_weights=False), size, batch_size, device, steps=7)
     return {"learner": DEMO_LEARNER, "frame": [96, 128], "size": list(cfg["data"]["size"]), "batch": batch_size,
             "workers": workers, "loader_img_s": round(loader_img_s, 1), "train_step_img_s": round(step_img_s, 1),
             "ratio": round(loader_img_s / step_img_s, 2)}

@@ -21,14 +21,15 @@ import torch
 
 import base_learners
 from ensemble_mde import runs
-from ensemble_mde.cli import parse_size
+from ensemble_mde.config import parse_size
 from ensemble_mde.config import load_config
 from ensemble_mde.data import build_dataset
 from ensemble_mde.data.synth import synthesize
-from ensemble_mde.engine import adamw, move_batch
+from ensemble_mde.training.engine import adamw, move_batch
 from ensemble_mde.io import atomic_save, file_sha256
 from ensemble_mde.profiling import cpu_model
 from ensemble_mde.speed import keep_freed_memory
+from ensemble_mde.loading import model_kwargs
 from meta_learner.cache import CachedMetaDataset, PredictionCache, data_identity
 from meta_learner.ensemble import StackedEnsemble
 from meta_learner.weighting import build_weighting
@@ -94,7 +95,7 @@ def main(argv: list[str] | None = None) -> dict:
         bases, hashes = [], []
         for name in names:  # checkpoint files, as trained bases would have (the cache keys on them)
             base_cfg = load_config(["defaults", f"base/{name}"])
-            model = base_learners.create(name, **runs.model_kwargs(base_cfg, init_weights=False)).eval()
+            model = base_learners.create(name, **model_kwargs(base_cfg, init_weights=False)).eval()
             atomic_save(runs.checkpoint_payload(model, base_cfg), tmp / f"{name}.pt")
             bases.append(model)
             hashes.append(file_sha256(tmp / f"{name}.pt"))

@@ -23,13 +23,14 @@ import numpy as np
 import torch
 
 from ensemble_mde import runs
-from ensemble_mde.cli import parse_size
+from ensemble_mde.config import parse_size
 from ensemble_mde.config import load_config
 from ensemble_mde.data import build_dataset
 from ensemble_mde.data.synth import synthesize
 from ensemble_mde.io import file_sha256
 from ensemble_mde.profiling import cpu_model
 from ensemble_mde.speed import keep_freed_memory
+from ensemble_mde.loading import load_run
 from meta_learner.cache import PredictionCache, data_identity
 
 BTS_SYNC_FRAMES = 24_231
@@ -46,7 +47,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch-size", type=int, default=4, dest="batch_size")
     args = parser.parse_args(argv)
     keep_freed_memory()
-    bases = [runs.load_run(r)[0] for r in args.bases.split(",")]
+    bases = [load_run(r)[0] for r in args.bases.split(",")]
     hashes = [file_sha256(runs.resolve_checkpoint(r)) for r in args.bases.split(",")]
     with tempfile.TemporaryDirectory(prefix="bench_cache_size_") as tmp:
         tmp = Path(tmp)

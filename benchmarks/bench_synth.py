@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from ensemble_mde.cli import parse_size
+from ensemble_mde.config import parse_size
 from ensemble_mde.data import synth
 
 

@@ -1,7 +1,8 @@
 """The `ensemble` command: a thin argparse layer over the Python API.
 
-Each subcommand lives in `ensemble_mde/commands/<module>.py`, which exposes
-`register(subparsers)`; the parser it adds sets `func(args) -> int | None`.
+Each command family lives in `ensemble_mde/commands/<name>.py`, named after it, which exposes
+`register(subparsers)`; the parser it adds sets `func(args) -> int | None`. Shared flags are
+declared once in commands/options.py.
 Errors a user can cause (EnsembleError) print one line and exit with 2.
 """
 
@@ -12,36 +13,13 @@ import os
 import sys
 
 from ensemble_mde import __version__
-from ensemble_mde.errors import ConfigError, EnsembleError
+from ensemble_mde.errors import EnsembleError
 
-COMMAND_MODULES = [
-    "ensemble_mde.commands.data",
-    "ensemble_mde.commands.train",
-    "ensemble_mde.commands.evaluate",
-    "ensemble_mde.commands.meta",
-    "ensemble_mde.commands.meter",
-    "ensemble_mde.commands.compare",
-]
-
-
-def add_config_options(parser: argparse.ArgumentParser) -> None:
-    """The options every config-driven command shares."""
-    parser.add_argument("--config", metavar="FILE", help="YAML file merged over the packaged defaults")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one config key, e.g. --set train.lr=1e-4 (repeatable)")
-    parser.add_argument("--data", metavar="PATH", help="dataset root, list file or .mat/.zip (format detected)")
-    parser.add_argument("--device", metavar="D", help="auto (default), cpu, cuda, cuda:N")
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """'240x320' -> (240, 320): height x width in pixels."""
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise ConfigError(f"size {text!r} must look like HxW, e.g. 240x320", "size") from None
-    if h <= 0 or w <= 0:
-        raise ConfigError(f"size {text!r} must be positive", "size")
-    return h, w
+# One module per command family, each exposing register(subparsers); imported by name so that
+# a command loads only what it uses, and none of them imports this module.
+COMMAND_MODULES = [f"ensemble_mde.commands.{name}" for name in (
+    "data", "train_base", "lr_find", "train_meta", "evaluate", "predict", "profile", "import_weights",
+    "selectivity", "compare", "experiment")]
 
 
 def build_parser() -> argparse.ArgumentParser:

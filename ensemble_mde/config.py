@@ -1,8 +1,10 @@
-"""YAML configs: packaged defaults < preset < `--config FILE` < `--set a.b=value`.
+"""YAML configs: packaged defaults < preset < `--config FILE` < `--set a.b=value` < settings.
 
 The packaged layers (files under `configs/`, shipped inside the package) define the
 schema: a user file or override may only set keys that exist there, with a value of
-the same type. An unknown key names the closest valid one.
+the same type. An unknown key names the closest valid one. Only `--set` text is parsed as
+YAML; a `Setting` (a command-line flag such as --out or --data) is a value of its own type,
+so a path stays the string it is (`runs/0123`, `/data/nyu #2`).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import copy
 import difflib
 import functools
 import math
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -23,6 +26,38 @@ PRESETS_KEY = "presets"
 RULES = "rules"  # configs/rules.yaml: what each packaged key accepts beyond its type
 TYPES = {"int": int, "float": float, "bool": bool, "str": str, "list": list,
          "weights": (bool, str)}  # weights: true (timm's ImageNet weights), false (random) or a file path
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One typed value for a config key, e.g. Setting("run.name", "0123", "--out"): merged as
+    the last layer and checked like any other; `source` names it in errors."""
+
+    key: str
+    value: Any
+    source: str
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'240x320' -> (240, 320): height x width in pixels."""
+    try:
+        h, w = (int(v) for v in str(text).lower().split("x"))
+    except ValueError:
+        raise ConfigError(f"size {text!r} must look like HxW, e.g. 240x320", "size") from None
+    if h <= 0 or w <= 0:
+        raise ConfigError(f"size {text!r} must be positive", "size")
+    return h, w
+
+
+def nest(dotted: str, value: Any) -> dict:
+    """'a.b', v -> {'a': {'b': v}}."""
+    tree: dict = {}
+    node = tree
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return tree
 
 
 def packaged_config_path(name: str) -> Path:
@@ -152,13 +187,7 @@ def parse_override(text: str) -> dict:
         value = raw
     if isinstance(value, str) and value.strip().lower() not in ("nan", "inf", "-inf", "infinity"):
         value = _float_or_same(value)
-    tree: dict = {}
-    node = tree
-    parts = key.split(".")
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-    node[parts[-1]] = value
-    return tree
+    return nest(key, value)
 
 
 @functools.lru_cache(maxsize=1)
@@ -284,12 +313,14 @@ def load_config(
     config_file: str | Path | None = None,
     overrides: Sequence[str] = (),
     preset: str | None = None,
+    settings: Sequence[Setting] = (),
 ) -> dict:
     """Resolve a run config.
 
     packaged: packaged layers in order, e.g. ["defaults", "base/adabins"]; they define the
     schema. preset: a name under a layer's `presets:` mapping (e.g. "cpu"), applied after
-    the packaged layers. Then the user's file, then each `a.b=value` override.
+    the packaged layers. Then the user's file, then each `a.b=value` override, then each
+    typed setting. A setting and an override of the same key is an error (neither wins).
     """
     cfg: dict = {}
     presets: dict = {}
@@ -309,7 +340,13 @@ def load_config(
         user = read_yaml(config_file)
         user.pop(PRESETS_KEY, None)
         layers.append((str(config_file), user))
-    layers += [(f"--set {text}", parse_override(text)) for text in overrides]
+    parsed = [(f"--set {text}", parse_override(text)) for text in overrides]
+    overridden = {key: source for source, tree in parsed for key in _flat_keys(tree)}
+    for setting in settings:
+        if setting.key in overridden:
+            raise ConfigError(f"{setting.source} and {overridden[setting.key]} both set {setting.key}; give one "
+                              "of them", setting.key)
+    layers += parsed + [(setting.source, nest(setting.key, setting.value)) for setting in settings]
     origins: dict[str, str] = {}
     for source, layer in layers:  # each layer checked as it comes: a later one is type-checked against it
         cfg = merge(cfg, layer, strict=True, source=source)
@@ -335,7 +372,19 @@ def upgrade_saved(cfg: dict) -> dict:
     """A run config saved by an earlier version, in today's keys (in place; returned):
     `pretrained_path` (a local file or null) became `pretrained`; `augment.color_range`
     (one range for brightness, contrast and channel factors) became one range each, with
-    no gamma."""
+    no gamma; what training derived went from the config's keys into its record
+    (`run.input_size` -> input_size, a meta run's `ensemble.resolved` -> bases and its data
+    section -> data)."""
+    record = cfg.setdefault("record", {})
+    run = cfg.get("run")
+    if isinstance(run, dict) and "input_size" in run:
+        size = run.pop("input_size")
+        if size:
+            record.setdefault("input_size", size)
+    ensemble = cfg.get("ensemble")
+    if isinstance(ensemble, dict) and "resolved" in ensemble:
+        record.setdefault("bases", ensemble.pop("resolved"))
+        record.setdefault("data", copy.deepcopy(cfg.get("data")))
     for section in ("model", "meta"):
         part = cfg.get(section)
         if isinstance(part, dict) and "pretrained_path" in part:
@@ -344,6 +393,25 @@ def upgrade_saved(cfg: dict) -> dict:
     if isinstance(augment, dict) and "color_range" in augment:
         span = list(augment.pop("color_range"))
         augment.update(gamma=[1.0, 1.0], brightness=span, contrast=span, channel=span)
+    return cfg
+
+
+def absolute_paths(cfg: dict) -> dict:
+    """Make data and weight paths absolute, so a run folder works from any directory; a
+    weights file named in the config (model./meta.pretrained) must exist. In place; returned."""
+    if cfg["data"]["path"] is None:  # e.g. an imported run, which was trained on no data of ours
+        raise ConfigError("no dataset is set (data.path is null); pass --data PATH", "data.path")
+    cfg["data"]["path"] = str(Path(cfg["data"]["path"]).expanduser().resolve())
+    for key in ("train_list", "test_list", "train_root", "test_root"):
+        if cfg["data"].get(key):
+            cfg["data"][key] = str(Path(cfg["data"][key]).expanduser().resolve())
+    for section in ("model", "meta"):
+        weights = (cfg.get(section) or {}).get("pretrained")
+        if isinstance(weights, str):
+            path = Path(weights).expanduser().resolve()
+            if not path.is_file():
+                raise ConfigError(f"pretrained weights file not found ({section}.pretrained)", path)
+            cfg[section]["pretrained"] = str(path)
     return cfg
 
 

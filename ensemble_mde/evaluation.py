@@ -3,16 +3,36 @@ the NYU protocol (ensemble_mde.metrics). Shared by validation, `evaluate` and `c
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Iterator
+
 import torch
 import torch.nn.functional as F
 
 from ensemble_mde.metrics import MetricAccumulator, flip_tta
 
 
-def model_input_size(cfg: dict) -> tuple[int, int] | None:
-    """[H, W] the model was trained to see: data.size, else the frame size recorded at training."""
-    size = cfg["data"].get("size") or cfg["run"].get("input_size")
-    return tuple(size) if size else None
+def evaluation_config(run_cfg: dict, data: str | None = None, overrides=()) -> dict:
+    """A copy of a run's config to evaluate it on: its data (a meta run: the data its record
+    says it trained on), or the user's `data` (the format re-detected), with `key=value`
+    overrides; the GT is scored at its own resolution (data.size null), the model still sees
+    its own input size (`loading.model_input_size` of the run's config)."""
+    import copy
+
+    from ensemble_mde import config as config_mod
+    from ensemble_mde.runs import RECORD, data_view
+
+    cfg = copy.deepcopy(data_view(run_cfg) if not data else run_cfg)
+    cfg.pop(RECORD, None)
+    if data:
+        cfg = config_mod.merge(cfg, {"data": {"path": str(data), "format": "auto", "train_list": None,
+                                              "test_list": None, "train_root": None, "test_root": None}},
+                               strict=True, source="--data")
+    for text in overrides:
+        cfg = config_mod.merge(cfg, config_mod.parse_override(text), strict=True, source=f"--set {text}")
+    cfg = config_mod.absolute_paths(cfg)
+    cfg["data"]["size"] = None  # score against GT at its own resolution
+    return cfg
 
 
 def resize_rgb(rgb: torch.Tensor, size: tuple[int, int] | None) -> torch.Tensor:
@@ -24,38 +44,68 @@ def resize_rgb(rgb: torch.Tensor, size: tuple[int, int] | None) -> torch.Tensor:
     return F.interpolate(rgb, size=tuple(size), mode="bilinear", align_corners=False, antialias=True).clamp_(0, 1)
 
 
-def predict_depth(model: torch.nn.Module, rgb: torch.Tensor, *, input_size=None, flip: bool = False,
-                  base_depths: torch.Tensor | None = None) -> torch.Tensor:
-    """Depth [B,1,h,w] in metres at the model's input size (rgb [B,3,H,W] in [0,1]).
-    base_depths [B,K,h,w]: a stacked ensemble's cached base predictions for this very input
-    (so neither a resize nor flip TTA, which would need the bases to see another image)."""
-    rgb = resize_rgb(rgb, input_size)
-    if base_depths is not None:
-        if flip or tuple(base_depths.shape[-2:]) != tuple(rgb.shape[-2:]):
-            raise ValueError(f"cached base depths {tuple(base_depths.shape)} fit only the unflipped "
-                             f"{tuple(rgb.shape[-2:])} input they were computed on")
-        return model(rgb, base_depths=base_depths)["depth"]
-
-    def run(x):
-        return model(x)["depth"]
-
-    return flip_tta(run, rgb) if flip else run(rgb)
+@dataclass
+class Prediction:
+    """One sample's prediction: dataset index, name, GT [1,H,W], the RGB as the dataset gave it,
+    `depth` [1,h,w] metres at the model's input size (the flip-TTA mean with flip), the model's
+    output dict of the straight pass for this sample (depth, weights ...), and `mirrored`
+    [1,h,w] the depth predicted for the mirrored image, not flipped back (flip only)."""
+    index: int
+    name: str
+    gt: torch.Tensor
+    rgb: torch.Tensor
+    depth: torch.Tensor
+    outputs: dict
+    mirrored: torch.Tensor | None = None
 
 
 def _collate_eval(samples: list[dict]) -> dict:
     """Batch RGB (same size after resizing) but keep GT maps as a list: GT sizes may differ.
     Cached base depths (freeze-mode validation) come along as a list too."""
-    batch = {
-        "rgb": [s["rgb"] for s in samples],
-        "depth": [s["depth"] for s in samples],
-        "name": [s["name"] for s in samples],
-    }
+    batch = {key: [s[key] for s in samples] for key in ("rgb", "depth", "name")}
+    batch["index"] = [s.get("index", i) for i, s in enumerate(samples)]
     if "base_depths" in samples[0]:
         batch["base_depths"] = [s["base_depths"] for s in samples]
     return batch
 
 
 @torch.inference_mode()
+def predictions(model: torch.nn.Module, dataset, *, device: torch.device, input_size: tuple[int, int] | None = None,
+                batch_size: int = 4, flip: bool = False, workers: int = 0, cached_bases=None) -> Iterator[Prediction]:
+    """The one evaluation pass: every sample of `dataset` in order, its RGB resized to
+    `input_size`, through `model` (flip: averaged with the prediction of the mirrored image).
+
+    A stacked ensemble's base depths can come from samples' own `base_depths` (a freeze-mode
+    prediction cache: the unflipped input only) or from `cached_bases(indices) -> (straight
+    [B,K,h,w], mirrored [B,K,h,w] | None)` (compare's stored base maps)."""
+    model.eval()
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size if input_size else 1, shuffle=False,
+                                         num_workers=workers, collate_fn=_collate_eval)
+    for batch in loader:
+        rgb = torch.cat([resize_rgb(x[None], input_size) for x in batch["rgb"]]).to(device)
+        bases = iter([None, None])
+        if "base_depths" in batch:
+            cached = torch.stack(batch["base_depths"]).to(device)
+            if flip or tuple(cached.shape[-2:]) != tuple(rgb.shape[-2:]):
+                raise ValueError(f"cached base depths {tuple(cached.shape)} fit only the unflipped "
+                                 f"{tuple(rgb.shape[-2:])} input they were computed on")
+            bases = iter([cached])
+        elif cached_bases is not None:
+            bases = iter(cached_bases(batch["index"]))
+        outputs = []
+
+        def forward(x):
+            depths = next(bases)
+            outputs.append(model(x) if depths is None else model(x, base_depths=depths))
+            return outputs[-1]["depth"]
+
+        depth = (flip_tta(forward, rgb) if flip else forward(rgb)).float().cpu()
+        for j, (index, name, gt, frame) in enumerate(zip(batch["index"], batch["name"], batch["depth"], batch["rgb"])):
+            yield Prediction(index, name, gt, frame, depth[j],
+                             {k: v[j] for k, v in outputs[0].items() if torch.is_tensor(v)},
+                             outputs[1]["depth"][j].float().cpu() if flip else None)
+
+
 def evaluate_model(
     model: torch.nn.Module,
     dataset,
@@ -70,23 +120,12 @@ def evaluate_model(
     workers: int = 0,
     progress=None,
 ) -> MetricAccumulator:
-    """Score `model` on every sample of `dataset`; returns the per-image accumulator. Samples
-    with `base_depths` (a freeze-mode prediction cache) feed them to the stacked ensemble.
-
-    progress: optional callable(n_done) for a progress display.
-    """
-    model.eval()
+    """Score `model` on every sample of `dataset` (`predictions`); returns the per-image
+    accumulator. progress: optional callable(n_done) for a progress display."""
     acc = MetricAccumulator(min_depth=min_depth, max_depth=max_depth, eigen_crop=eigen_crop)
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size if input_size else 1, shuffle=False,
-        num_workers=workers, collate_fn=_collate_eval,
-    )
-    for batch in loader:
-        rgb = torch.cat([resize_rgb(x[None], input_size) for x in batch["rgb"]]).to(device)
-        cached = torch.stack(batch["base_depths"]).to(device) if "base_depths" in batch else None
-        pred = predict_depth(model, rgb, flip=flip, base_depths=cached).float().cpu()
-        for p, gt, name in zip(pred, batch["depth"], batch["name"]):
-            acc.update(p, gt, name=name)
+    for p in predictions(model, dataset, device=device, input_size=input_size, batch_size=batch_size, flip=flip,
+                         workers=workers):
+        acc.update(p.depth, p.gt, name=p.name)
         if progress is not None:
-            progress(len(batch["name"]))
+            progress(1)
     return acc

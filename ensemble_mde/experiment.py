@@ -17,7 +17,7 @@ File layout (every key optional except `bases`; see configs/experiments/demo.yam
       - {inputs: rgb+d, mode: freeze, bases: null, preset: null, overrides: {}, seeds: [0]}
     compare: {split: test, baselines: [mean, median, weighted, oracle, convex], bootstrap: 1000}
 
-Steps run through the Python API (ensemble_mde.pipeline, meta_learner.training). Each
+Steps run through the Python API (ensemble_mde.training.base, ensemble_mde.training.meta). Each
 training step records its inputs when it starts, in <out>/steps.json: its resolved config,
 the dataset's fingerprint and (meta) the sha256 of each base checkpoint. A run with
 summary.json is finished and skipped, one with last.pt is resumed, when those inputs are
@@ -75,24 +75,27 @@ def _checked(entry, schema: dict, where: str, rules: dict) -> dict:
     return checked
 
 
-def override_list(overrides, where: str) -> list[str]:
-    """A mapping {"train.epochs": 2} / {"train": {"epochs": 2}} or a list ["train.epochs=2"]
-    -> ["train.epochs=2"] (values written as JSON, which YAML reads back with their types)."""
+def override_settings(overrides, where: str) -> tuple[list[str], list[config_mod.Setting]]:
+    """An entry's `overrides`: a list ["train.epochs=2"] (parsed as `--set` text) or a mapping
+    {"train.epochs": 2} / {"train": {"epochs": 2}} (values as the YAML file typed them) ->
+    (override texts, settings)."""
     if overrides is None:
-        return []
+        return [], []
     if isinstance(overrides, list):
         if not all(isinstance(o, str) and "=" in o for o in overrides):
             raise ConfigError(f"{where}: a list of overrides must hold 'key=value' strings", where)
-        return list(overrides)
+        return list(overrides), []
     if not isinstance(overrides, dict):
         raise ConfigError(f"{where}: overrides must be a mapping of keys to values or a list of key=value", where)
-    out = []
-    for key, value in overrides.items():
-        if isinstance(value, dict) and value:
-            out += [f"{key}.{item}" for item in override_list(value, where)]
-        else:
-            out.append(f"{key}={json.dumps(value)}")
-    return out
+
+    def flat(tree: dict, prefix: str = ""):
+        for key, value in tree.items():
+            if isinstance(value, dict) and value:
+                yield from flat(value, f"{prefix}{key}.")
+            else:
+                yield config_mod.Setting(f"{prefix}{key}", value, where)
+
+    return [], list(flat(overrides))
 
 
 def load_experiment(source: str | Path | dict, *, out: str | Path | None = None, device: str | None = None) -> dict:
@@ -204,13 +207,15 @@ def _run_name(entry: dict, default: str, seed: int) -> str:
 def plan(exp: dict, say=print) -> list[Step]:
     """The steps of the experiment with every run config resolved up front (a bad key fails
     before any training starts)."""
-    from ensemble_mde.pipeline import base_config, train_base
-    from meta_learner.training import meta_config, train_meta
+    from ensemble_mde.runs import run_name
+    from ensemble_mde.training.base import base_config, train_base
+    from ensemble_mde.training.meta import meta_config, train_meta
 
     out = Path(exp["out"])
     runs_dir = out / "runs"
     data = data_path(exp)
-    common = [f"run.runs_dir={json.dumps(str(runs_dir))}", f"run.device={json.dumps(exp['device'])}"]
+    common = [config_mod.Setting("run.runs_dir", str(runs_dir), "experiment out"),
+              config_mod.Setting("run.device", exp["device"], "experiment device")]
     steps = []
 
     synth = exp["data"]["synth"]
@@ -236,9 +241,12 @@ def plan(exp: dict, say=print) -> list[Step]:
             raise ConfigError(f"two bases are called {label!r}; give one a run_name", f"bases[{i}].run_name")
         for seed in entry["seeds"]:
             name = _run_name(entry, entry["name"], seed)
-            overrides = override_list(entry["overrides"], f"bases[{i}].overrides") + common + [
-                f"data.path={json.dumps(str(data))}", f"run.name={json.dumps(name)}", f"run.seed={int(seed)}"]
-            cfg = base_config(entry["name"], config_file=entry["config"], overrides=overrides, preset=entry["preset"])
+            overrides, settings = override_settings(entry["overrides"], f"bases[{i}].overrides")
+            settings += common + [config_mod.Setting("data.path", str(data), "experiment data"),
+                                  config_mod.Setting("run.name", name, f"bases[{i}]"),
+                                  config_mod.Setting("run.seed", int(seed), f"bases[{i}].seeds")]
+            cfg = base_config(entry["name"], config_file=entry["config"], overrides=overrides, preset=entry["preset"],
+                              settings=settings)
             run_dir = runs_dir / name
             base_runs.setdefault(label, {})[seed] = run_dir
 
@@ -260,22 +268,26 @@ def plan(exp: dict, say=print) -> list[Step]:
         if len(chosen) < 2:
             raise ConfigError(f"meta[{i}] stacks {len(chosen)} base; a stacked ensemble needs at least 2 bases",
                               f"meta[{i}].bases")
-        default = f"meta_{entry['inputs'].replace('+', '')}_{entry['mode']}"
         for seed in entry["seeds"]:
-            name = _run_name(entry, default, seed)
-            overrides = override_list(entry["overrides"], f"meta[{i}].overrides") + common + [
-                f"run.name={json.dumps(name)}", f"run.seed={int(seed)}"]
+            overrides, settings = override_settings(entry["overrides"], f"meta[{i}].overrides")
+            settings += common + [config_mod.Setting("run.seed", int(seed), f"meta[{i}].seeds")]
             if entry["mode"] == "simultaneous":   # fresh bases train with the meta-learner from the start
                 bases = [next(b["name"] for b in exp["bases"] if (b["run_name"] or b["name"]) == label)
                          for label in chosen]
-                overrides.append(f"data.path={json.dumps(str(data))}")
+                settings.append(config_mod.Setting("data.path", str(data), "experiment data"))
                 trained = {}
             else:                                   # the trained bases of this seed (else their first seed)
                 trained = {label: base_runs[label].get(seed, next(iter(base_runs[label].values())))
                            for label in chosen}
                 bases = [str(run) for run in trained.values()]
-            cfg = meta_config(inputs=entry["inputs"], mode=entry["mode"], bases=bases, config_file=entry["config"],
-                              overrides=overrides, preset=entry["preset"])
+
+            def meta_cfg(settings):
+                return meta_config(inputs=entry["inputs"], mode=entry["mode"], bases=bases,
+                                   config_file=entry["config"], overrides=overrides, preset=entry["preset"],
+                                   settings=settings)
+
+            name = _run_name(entry, run_name(meta_cfg(settings)), seed)
+            cfg = meta_cfg([*settings, config_mod.Setting("run.name", name, f"meta[{i}]")])
             run_dir = runs_dir / name
 
             def train(step, progress, cfg=cfg):
@@ -292,8 +304,7 @@ def plan(exp: dict, say=print) -> list[Step]:
     run_dirs = [s.run_dir for s in steps if s.run_dir is not None]
 
     def compare(step, progress):
-        from ensemble_mde.compare import compare_runs
-        from ensemble_mde.report import write_report
+        from ensemble_mde.compare import compare_runs, write_report
 
         c = exp["compare"]
         comparison = compare_runs(run_dirs, split=c["split"], flip=c["flip_tta"], baselines=c["baselines"],
@@ -314,7 +325,7 @@ def run_experiment(exp: dict, *, progress: bool = True, console=None) -> dict:
     "report", "seconds"}."""
     from rich.markup import escape
 
-    from ensemble_mde.commands.compare import print_tables
+    from ensemble_mde.compare import print_tables
     from ensemble_mde.io import atomic_write_json, read_json
     from ensemble_mde.progress import output_console, task_progress
 

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from ensemble_mde.engine import adamw
+from ensemble_mde.training.engine import adamw
 
 
 def cpu_model() -> str:

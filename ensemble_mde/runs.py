@@ -1,15 +1,22 @@
-"""Run folders: `runs/<name>/` with `config.yaml` (fully resolved), `best.pt`, `last.pt`,
-`metrics.jsonl`, `summary.json`. A checkpoint holds the resolved config, so a run can be
-rebuilt from its folder (or its .pt file) alone.
+"""Run folders: `runs/<name>/` holding `config.yaml` (the resolved config, as the user's
+layers made it), `record.json` (what training derived: the input size, a meta run's bases
+and data), `metrics.jsonl`, `last.pt`, `best.pt`, `summary.json`. `RunFolder` owns those
+files; `finished_runs` finds the finished ones.
+
+A checkpoint holds the config and the record, so a run can be rebuilt from its folder (or
+its .pt file) alone. In memory a run's config carries its record as `cfg["record"]` (a
+section no config layer may set: see `with_record`).
 
 Checkpoint payload (a plain dict, loadable with weights_only=True):
     format: "ensemble-mde/1", kind: "base" | "meta", learner: registry name,
-    config: resolved config, model: state_dict, epoch, step, metrics,
-    plus training state in last.pt (optimizer, scheduler, rng).
+    config: the config without its record, record: the record, model: state_dict, epoch,
+    step, metrics, plus training state in last.pt (optimizer, scheduler, rng).
 """
 
 from __future__ import annotations
 
+import copy
+import json
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,19 +26,189 @@ import torch
 
 from ensemble_mde import config as config_mod
 from ensemble_mde import distributed
-from ensemble_mde.errors import CheckpointError, ConfigError, EnsembleError, ModelError
-from ensemble_mde.io import atomic_write_text, exclusive_lock, load_checkpoint
+from ensemble_mde.errors import CheckpointError, ConfigError
+from ensemble_mde.io import (atomic_save, atomic_write_json, atomic_write_text, exclusive_lock, load_checkpoint,
+                             read_json, read_jsonl)
 
 CHECKPOINT_FORMAT = "ensemble-mde/1"
+RECORD = "record"            # the derived-state section of a loaded config
 LOCK_FILE = ".lock"          # held (fcntl.flock) by the process training into the run folder
-FINISHED_RUN_FILES = ("best.pt", "last.pt", "summary.json")
-RUN_OUTPUTS = (*FINISHED_RUN_FILES, "metrics.jsonl", "config.yaml")
+STUDY_META_ENCODER = "ghostnet_100"  # the SG study's meta-learner encoder: meta_learner.weighting's default
+
+
+def with_record(cfg: dict, record: dict | None = None) -> dict:
+    """`cfg` with its record section set (to `record`, or kept / empty), in place."""
+    if record is not None:
+        cfg[RECORD] = dict(record)
+    cfg.setdefault(RECORD, {})
+    return cfg
+
+
+def without_record(cfg: dict) -> tuple[dict, dict]:
+    """(a copy of the config without its record, the record)."""
+    user = copy.deepcopy({k: v for k, v in cfg.items() if k != RECORD})
+    return user, copy.deepcopy(cfg.get(RECORD) or {})
+
+
+class RunFolder:
+    """The files of one run. `path`: the folder."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.config_file = self.path / "config.yaml"
+        self.record_file = self.path / "record.json"
+        self.metrics_file = self.path / "metrics.jsonl"
+        self.summary_file = self.path / "summary.json"
+        self.last = self.path / "last.pt"
+        self.best = self.path / "best.pt"
+
+    # what a run writes before its first checkpoint, and what a finished run holds
+    def started_files(self) -> list[Path]:
+        return [self.config_file, self.record_file, self.metrics_file]
+
+    def outputs(self) -> list[Path]:
+        return [*self.started_files(), self.last, self.best, self.summary_file]
+
+    def is_finished(self) -> bool:
+        """summary.json and best.pt: a run that completed its epochs."""
+        return self.summary_file.is_file() and self.best.is_file()
+
+    def holds_a_run(self) -> list[str]:
+        return [p.name for p in (self.best, self.last, self.summary_file) if p.exists()]
+
+    def write_config(self, cfg: dict) -> None:
+        """config.yaml (the user's keys) and record.json (the derived state), atomically."""
+        user, record = without_record(cfg)
+        atomic_write_text(config_mod.dump(user), self.config_file)
+        atomic_write_json(record, self.record_file)
+
+    def read_config(self) -> dict:
+        """The saved config with its record (older folders: derived keys moved into it)."""
+        cfg = config_mod.upgrade_saved(config_mod.read_yaml(self.config_file))
+        if self.record_file.is_file():
+            with_record(cfg, read_json(self.record_file))
+        return with_record(cfg)
+
+    def log(self, entry: dict) -> None:
+        with open(self.metrics_file, "a", encoding="utf-8") as f:
+            f.write(json.dumps(entry) + "\n")
+
+    def log_entries(self) -> tuple[list[dict], list[int]]:
+        """(metrics.jsonl entries, numbers of the damaged lines skipped)."""
+        return read_jsonl(self.metrics_file) if self.metrics_file.is_file() else ([], [])
+
+    def truncate_log_after(self, step: int) -> None:
+        """Drop entries logged after `step` (by a run that died after its last checkpoint), and
+        a half-written line such a death can leave."""
+        if self.metrics_file.exists():
+            entries, _ = read_jsonl(self.metrics_file)
+            self.metrics_file.write_text("".join(json.dumps(e) + "\n" for e in entries if e.get("step", 0) <= step))
+
+    def save(self, payload: dict, which: str) -> None:
+        """last.pt or best.pt (which = "last" | "best"), atomically."""
+        atomic_save(payload, self.last if which == "last" else self.best)
+
+    def write_summary(self, summary: dict) -> None:
+        atomic_write_json(summary, self.summary_file)
+
+    def summary(self) -> dict:
+        return read_json(self.summary_file)
+
+    def discard_unstarted(self) -> None:
+        """After a failure before any checkpoint: remove what the run wrote (and the folder,
+        when that leaves it empty), so bad input leaves nothing half-made."""
+        if self.last.exists() or self.best.exists():
+            return
+        for path in self.started_files():
+            path.unlink(missing_ok=True)
+        if self.path.is_dir() and not any(self.path.iterdir()):
+            self.path.rmdir()
+
+    @contextmanager
+    def training(self, *, resume: bool = False, force: bool = False) -> Iterator["RunFolder"]:
+        """While a run trains into the folder: an exclusive lock on it, so a second process gets
+        one line naming the first one's pid instead of interleaving its metrics and replacing
+        its checkpoints (rank 0 alone under torchrun: the other ranks write nothing). A folder
+        that holds a run is refused unless `resume` (continue it) or `force` (its files are
+        removed first). Folders made here (the run folder, a new runs_dir) are removed again
+        if the run left nothing in them."""
+        if not distributed.is_main():
+            yield self
+            return
+        made = [folder for folder in (self.path, *self.path.absolute().parents) if not folder.exists()]
+        try:
+            with exclusive_lock(self.path / LOCK_FILE, f"run folder {self.path}",
+                                "wait for that run to finish, or choose another --out"):
+                held = self.holds_a_run()
+                if held and not resume:
+                    if not force:
+                        raise CheckpointError(f"run folder already holds a run ({', '.join(held)}); pass --resume "
+                                              "to continue it or --force to overwrite it", self.path)
+                    for path in self.outputs():
+                        path.unlink(missing_ok=True)
+                yield self
+        finally:
+            for folder in made:  # the run folder first, then the new folders above it
+                if folder.is_dir() and not any(folder.iterdir()):
+                    folder.rmdir()
+
+
+def model_input_size(cfg: dict) -> tuple[int, int] | None:
+    """[H, W] a run's model sees: data.size, else the frame size training recorded."""
+    size = cfg["data"].get("size") or cfg.get(RECORD, {}).get("input_size")
+    return tuple(int(v) for v in size) if size else None
+
+
+def data_view(cfg: dict) -> dict:
+    """`cfg` with `data` the section the run trains and is evaluated on: its record's (a meta
+    run that named no dataset trains on its bases' data) or its own. The other sections are
+    cfg's own dicts."""
+    trained = cfg.get(RECORD, {}).get("data")
+    return {**cfg, "data": trained} if trained else cfg
 
 
 def run_dir_for(cfg: dict, default_name: str) -> Path:
     """runs_dir/name from the config (name defaults to `default_name`)."""
     name = cfg["run"].get("name") or default_name
     return Path(cfg["run"]["runs_dir"]) / name
+
+
+def meta_variant(cfg: dict) -> list[str]:
+    """What tells a meta variant apart, e.g. ["rgb+d", "freeze", "live", "mobilenetv2_100",
+    "relaxed"]: inputs and mode, then what differs from the study's network (a GhostNet
+    encoder, the softmax head) and from our cached freeze mode. `.get`: configs of runs
+    made before these keys existed."""
+    meta, ensemble = cfg["meta"], cfg["ensemble"]
+    parts = [meta["inputs"], ensemble["mode"]]
+    if ensemble["mode"] == "freeze" and ensemble.get("base_inputs", "cached") == "live":
+        parts.append("live")
+    if meta.get("encoder", STUDY_META_ENCODER) != STUDY_META_ENCODER:
+        parts.append(meta["encoder"])
+    if meta.get("head", "softmax") != "softmax":
+        parts.append(meta["head"])
+    return parts
+
+
+def run_name(cfg: dict) -> str:
+    """A meta run's default folder name, e.g. meta_rgbd_freeze or meta_rgbd_freeze_live_relaxed."""
+    return "_".join(["meta", *(part.replace("+", "") for part in meta_variant(cfg))])
+
+
+def finished_runs(runs_dir: str | Path, learners=None) -> list[Path]:
+    """The finished run folders directly under `runs_dir`, sorted; with `learners`, only runs
+    of those learners, the newest (by summary.json) of each, in the order of `learners`."""
+    folders = sorted(p.parent for p in Path(runs_dir).glob("*/summary.json") if RunFolder(p.parent).is_finished())
+    if learners is None:
+        return folders
+    newest: dict[str, Path] = {}
+    for folder in folders:
+        run = RunFolder(folder)
+        name = (config_mod.read_yaml(run.config_file).get("model") or {}).get("name") \
+            if run.config_file.is_file() else None
+        if name in learners and (name not in newest or
+                                 run.summary_file.stat().st_mtime > RunFolder(newest[name]).summary_file.stat().st_mtime):
+            newest[name] = folder
+    return [newest[name] for name in learners if name in newest]
 
 
 def check_writable(run_dir: Path) -> None:
@@ -50,40 +227,10 @@ def check_writable(run_dir: Path) -> None:
                           "run.runs_dir", existing) from None
 
 
-@contextmanager
-def training_into(run_dir: Path, *, resume: bool = False, force: bool = False) -> Iterator[None]:
-    """While a run trains into `run_dir`: an exclusive lock on the folder, so a second process
-    gets one line naming the first one's pid instead of interleaving its metrics and replacing
-    its checkpoints (rank 0 alone under torchrun: the other ranks write nothing). A folder
-    that holds a run is refused unless `resume` (continue it) or `force` (its files are
-    removed first). Folders made here (the run folder, a new runs_dir) are removed again if
-    the run left nothing in them."""
-    run_dir = Path(run_dir)
-    if not distributed.is_main():
-        yield
-        return
-    made = [folder for folder in (run_dir, *run_dir.absolute().parents) if not folder.exists()]
-    try:
-        with exclusive_lock(run_dir / LOCK_FILE, f"run folder {run_dir}",
-                            "wait for that run to finish, or choose another --out"):
-            held = [name for name in FINISHED_RUN_FILES if (run_dir / name).exists()]
-            if held and not resume:
-                if not force:
-                    raise CheckpointError(f"run folder already holds a run ({', '.join(held)}); pass --resume to "
-                                          "continue it or --force to overwrite it", run_dir)
-                for name in RUN_OUTPUTS:
-                    (run_dir / name).unlink(missing_ok=True)
-            yield
-    finally:
-        for folder in made:  # the run folder first, then the new folders above it
-            if folder.is_dir() and not any(folder.iterdir()):
-                folder.rmdir()
-
-
 def resume_config(run_dir: Path, cfg: dict, kind: str = "base") -> dict:
-    """The config a run was started with (a resumed run continues with it), after checking
-    that its last.pt is a `kind` run of the learner `cfg` asks for."""
-    path = Path(run_dir) / "last.pt"
+    """The config (with its record) a run was started with (a resumed run continues with
+    it), after checking that its last.pt is a `kind` run of the learner `cfg` asks for."""
+    path = RunFolder(run_dir).last
     ckpt = read_checkpoint(path)
     found_kind, found, wanted = ckpt.get("kind", "base"), ckpt.get("learner"), cfg["model"]["name"]
     if found_kind != kind or found != wanted:
@@ -92,61 +239,34 @@ def resume_config(run_dir: Path, cfg: dict, kind: str = "base") -> dict:
     return ckpt["config"]
 
 
-def ignored_on_resume(run_dir: Path, overrides: list[str]) -> list[str]:
-    """The `key=value` overrides (--set and the option flags) that a resume of `run_dir`
-    will not apply, each as "key=value (the run has X)": a resumed run continues with the
-    config saved in its last.pt. run.runs_dir and run.name only locate the run. Empty
-    when there is no last.pt (the run starts afresh with every override)."""
-    path = Path(run_dir) / "last.pt"
+def ignored_on_resume(run_dir: Path, overrides: list[str] = (),
+                      settings: list[config_mod.Setting] = ()) -> list[str]:
+    """The `key=value` overrides (--set) and settings (the option flags) that a resume of
+    `run_dir` will not apply, each as "key=value (the run has X)": a resumed run continues
+    with the config saved in its last.pt. run.runs_dir and run.name only locate the run.
+    Empty when there is no last.pt (the run starts afresh with every override)."""
+    path = RunFolder(run_dir).last
     if not path.is_file():
         return []
-    saved = read_checkpoint(path)["config"]
+    saved, _ = without_record(read_checkpoint(path)["config"])
+    asked = [(text.split("=", 1)[0].strip(), config_mod.parse_override(text), f"--set {text}") for text in overrides]
+    asked += [(s.key, config_mod.nest(s.key, s.value), s.source) for s in settings]
     ignored = []
-    for text in overrides:
-        key = text.split("=", 1)[0].strip()
+    for key, tree, source in asked:
         if key in ("run.runs_dir", "run.name"):
             continue
-        requested = config_mod.merge(saved, config_mod.parse_override(text), strict=True, source=f"--set {text}")
+        requested = config_mod.merge(saved, tree, strict=True, source=source)
         value, kept = config_mod.get(requested, key), config_mod.get(saved, key)
         if value != kept:
             ignored.append(f"{key}={value} (the run has {kept})")
     return ignored
 
 
-def write_run_config(run_dir: Path, cfg: dict) -> None:
-    atomic_write_text(config_mod.dump(cfg), Path(run_dir) / "config.yaml")
-
-
-# model keys of the GhostNet learners before they took the SG study's layout (2026-12)
-PRE_STUDY_LAYOUT_KEYS = ("decoder_widths", "widths", "aspp_widths", "level_widths")
-
-
-def model_kwargs(cfg: dict, init_weights: bool = True) -> dict:
-    """The `model:` section without its `name` key: the learner's constructor arguments.
-    init_weights=False: no initial (ImageNet) weights are fetched, for a model whose
-    checkpoint replaces them."""
-    kwargs = {k: v for k, v in cfg["model"].items() if k != "name"}
-    old = [k for k in PRE_STUDY_LAYOUT_KEYS if k in kwargs]
-    if old:
-        raise ModelError(f"model.{old[0]}: this {cfg['model']['name']} run was made before the learner took the "
-                         "SG study's layout; its weights do not fit today's network: train it again", old[0])
-    if not init_weights and "pretrained" in kwargs:
-        kwargs["pretrained"] = False
-    return kwargs
-
-
-def build_learner(cfg: dict, init_weights: bool = True):
-    """A fresh learner as the config's `model:` section describes it (init_weights: see
-    `model_kwargs`)."""
-    import base_learners
-
-    return base_learners.create(cfg["model"]["name"], **model_kwargs(cfg, init_weights))
-
-
 def checkpoint_payload(model: torch.nn.Module, cfg: dict, *, kind: str = "base", **extra) -> dict:
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    return {"format": CHECKPOINT_FORMAT, "kind": kind, "learner": cfg["model"]["name"],
-            "config": cfg, "model": state, **extra}
+    user, record = without_record(cfg)
+    return {"format": CHECKPOINT_FORMAT, "kind": kind, "learner": user["model"]["name"],
+            "config": user, RECORD: record, "model": state, **extra}
 
 
 def resolve_checkpoint(run: str | Path, which: str = "best") -> Path:
@@ -163,12 +283,13 @@ def resolve_checkpoint(run: str | Path, which: str = "best") -> Path:
 
 
 def read_checkpoint(path: Path) -> dict:
-    """An ensemble-mde checkpoint; its config in today's keys (`config.upgrade_saved`)."""
+    """An ensemble-mde checkpoint; its config in today's keys (`config.upgrade_saved`), with
+    its record."""
     ckpt = load_checkpoint(path)
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"not an ensemble-mde checkpoint (expected format {CHECKPOINT_FORMAT})", path)
     if isinstance(ckpt.get("config"), dict):
-        config_mod.upgrade_saved(ckpt["config"])
+        with_record(config_mod.upgrade_saved(ckpt["config"]), ckpt.get(RECORD))
     return ckpt
 
 
@@ -187,15 +308,3 @@ def load_state(model: torch.nn.Module, state: dict, path: Path, learner: str) ->
             f"checkpoint does not fit learner {type(model).__name__} built as {learner!r} ({'; '.join(parts)})", path
         )
     model.load_state_dict(state)
-
-
-def load_run(run: str | Path, which: str = "best", device: str | torch.device = "cpu"):
-    """Rebuild a base learner from its run folder or checkpoint: (model in eval mode, cfg, ckpt)."""
-    path = resolve_checkpoint(run, which)
-    ckpt = read_checkpoint(path)
-    cfg = ckpt["config"]
-    if ckpt.get("kind", "base") != "base":
-        raise EnsembleError(f"{ckpt.get('kind')!r} runs are loaded with their own loader", path)
-    model = build_learner(cfg, init_weights=False)
-    load_state(model, ckpt["model"], path, cfg["model"]["name"])
-    return model.to(device).eval(), cfg, ckpt

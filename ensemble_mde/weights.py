@@ -1,12 +1,12 @@
 """Import official pretrained weights into a normal run folder (`config.yaml` + `best.pt`),
-so that `runs.load_run`, `evaluate`, `compare` and the meta-learner use them like any run.
+so that `loading.load_run`, `evaluate`, `compare` and the meta-learner use them like any run.
 
 Supported: the METER releases (lorenzopapa5/METER, `build_model_best_nyu_xxs` ...): plain
 state_dicts whose keys match `base_learners.meter` exactly. The official network outputs
 centimetres; ours outputs metres, so `decoder.conv2d_out.weight` (the last, bias-free,
 linear layer) is multiplied by 0.01. The official models were trained and evaluated at
 192x256 on RGB/255 normalised with the ImageNet mean/std (see base_learners/meter.py), so
-the run sets `model.imagenet_norm: true` and records `run.input_size: [192, 256]`, and
+the run sets `model.imagenet_norm: true` and records the input size [192, 256], and
 evaluation resizes inputs to it.
 """
 
@@ -20,6 +20,7 @@ from ensemble_mde import config as config_mod
 from ensemble_mde import runs
 from ensemble_mde.errors import CheckpointError
 from ensemble_mde.io import atomic_save, load_checkpoint
+from ensemble_mde.loading import build_learner
 
 # learner -> how its official release differs from our learner: `to_metres` {state_dict
 # key: factor} turns the official output unit into metres; `input_size` [H, W] it expects;
@@ -51,16 +52,17 @@ def import_official_weights(learner: str, file: Path, out_dir: Path) -> Path:
             f"no official-weight import for learner {learner!r}; supported: {', '.join(OFFICIAL_RELEASES)}", learner)
     release = OFFICIAL_RELEASES[learner]
     cfg = config_mod.load_config(["defaults", f"base/{learner}"])
-    cfg["run"].update(name=out_dir.name, runs_dir=str(out_dir.parent), input_size=list(release["input_size"]))
+    cfg["run"].update(name=out_dir.name, runs_dir=str(out_dir.parent))
+    runs.with_record(cfg, {"input_size": list(release["input_size"])})
     cfg["model"].update(release["model"])
     cfg["data"]["path"] = None  # trained on no data of ours: evaluating it needs --data, compare takes the others'
-    model = runs.build_learner(cfg, init_weights=False)
+    model = build_learner(cfg, init_weights=False)
     runs.load_state(model, official_state_dict(file), file, learner)  # one-line error naming the bad keys
     own = model.state_dict()
     with torch.no_grad():
         for key, factor in release["to_metres"].items():
             own[key].mul_(factor)
-    runs.write_run_config(out_dir, cfg)
+    runs.RunFolder(out_dir).write_config(cfg)
     best = out_dir / "best.pt"
     atomic_save(runs.checkpoint_payload(model, cfg, epoch=0, step=0, metrics={}, source=str(file)), best)
     return best

@@ -36,10 +36,11 @@ from base_learners.blocks import SeparableConvBN, UNetTrunk
 from base_learners.common import IMAGENET_MEAN, IMAGENET_STD, pad_to_multiple
 from base_learners.encoders import TimmEncoder
 from ensemble_mde.errors import ModelError
+from ensemble_mde.runs import STUDY_META_ENCODER
 
 INPUT_KINDS = ("rgb", "d", "rgb+d")
 HEADS = ("softmax", "relaxed")
-DEFAULT_ENCODER = "ghostnet_100"
+DEFAULT_ENCODER = STUDY_META_ENCODER
 DECODER_WIDTH = 960
 INPUT_MULTIPLE = 32
 RELAXED_EPS = 1e-9

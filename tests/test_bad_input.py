@@ -21,6 +21,7 @@ from ensemble_mde import runs
 from ensemble_mde.cli import main
 from ensemble_mde.config import load_config
 from ensemble_mde.io import atomic_save
+from ensemble_mde.loading import build_learner
 
 FAST = ["--epochs", "1", "--batch-size", "4", "--device", "cpu", "--no-progress", "--set", "data.workers=0",
         "--set", "train.max_steps_per_epoch=1"]
@@ -58,7 +59,7 @@ def base_checkpoint(path, seed=0):
     """A meter_xxs checkpoint (fresh weights) as training writes it; returns its config."""
     cfg = load_config(["defaults", "base/meter_xxs"])
     torch.manual_seed(seed)
-    atomic_save(runs.checkpoint_payload(runs.build_learner(cfg), cfg), path)
+    atomic_save(runs.checkpoint_payload(build_learner(cfg), cfg), path)
     return cfg
 
 
@@ -228,13 +229,14 @@ def test_a_checkpoint_that_cannot_load_is_said_in_our_words(capsys, tmp_path, sy
 
 
 def test_meta_run_whose_base_checkpoint_changed(capsys, tmp_path, synth_root):
-    from meta_learner.training import build_ensemble, meta_config, resolve_bases
+    from ensemble_mde.loading import build_ensemble
+    from ensemble_mde.training.meta import meta_config, resolve_bases
 
     bases = [tmp_path / name / "best.pt" for name in ("a", "b")]
     for seed, path in enumerate(bases):
         base_checkpoint(path, seed)
     cfg = meta_config(mode="freeze", bases=[str(p.parent) for p in bases], overrides=[f"data.path={synth_root}"])
-    cfg["ensemble"]["resolved"] = resolve_bases(cfg)
+    runs.with_record(cfg, {"bases": resolve_bases(cfg)})
     atomic_save(runs.checkpoint_payload(build_ensemble(cfg, init_weights=False), cfg, kind="meta"),
                 tmp_path / "meta" / "best.pt")
     base_checkpoint(bases[1], seed=7)                                         # retrained since

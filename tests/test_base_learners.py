@@ -334,7 +334,7 @@ def test_unexpected_argument_is_a_model_error():
 def test_nyu_defaults_are_the_studys_recipe_and_the_cpu_preset_downloads_nothing():
     from ensemble_mde.config import load_config
     from ensemble_mde.experiment import load_experiment
-    from ensemble_mde.pipeline import base_config
+    from ensemble_mde.training.base import base_config
 
     study_lr = {"adabins": 6.13590727341e-4, "bts": 8.63310742922e-4, "ldrn": 1.232846739442e-3}
     for name in NAMES:

@@ -9,9 +9,9 @@ import re
 import numpy as np
 import pytest
 
-from ensemble_mde.compare import (Comparison, RunResult, accuracy_table, config_identity, group_by_seed,
-                                  paired_bootstrap, render, rich_table,
-                                  significance_table)
+from ensemble_mde.compare import Comparison, accuracy_table, render, rich_table, significance_table
+from ensemble_mde.compare.stats import paired_bootstrap
+from ensemble_mde.compare.variants import RunResult, config_identity, group_by_seed
 from ensemble_mde.metrics import METRIC_KEYS
 
 N = 4  # images

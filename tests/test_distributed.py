@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import run_cli
-from ensemble_mde.engine import EpochSampler
+from ensemble_mde.training.engine import EpochSampler
 
 # METER's loss is a mean over valid pixels; without augmentation every synthetic frame is
 # fully valid, so the mean of the two ranks' half-batch losses IS the global-batch loss.
@@ -49,7 +49,7 @@ def test_torchrun_two_processes_match_one_process(synth_root, tmp_path):
     assert json.loads((ddp / "summary.json").read_text())["world_size"] == 2
     # The same files, written once by rank 0: no per-rank files, no temp files left over.
     assert sorted(p.name for p in ddp.iterdir()) == sorted(p.name for p in single.iterdir()) == [
-        "best.pt", "config.yaml", "last.pt", "metrics.jsonl", "summary.json"]
+        "best.pt", "config.yaml", "last.pt", "metrics.jsonl", "record.json", "summary.json"]
 
     # Loss trajectory: the same steps and learning rates; losses equal up to float32
     # summation order (measured 1.2e-6 relative after 4 steps), asserted at 1e-4.

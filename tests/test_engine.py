@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from ensemble_mde.engine import EpochSampler, one_cycle_lr
-from ensemble_mde.lr_finder import lr_range_test, steepest_descent_lr
+from ensemble_mde.training.engine import EpochSampler, one_cycle_lr
+from ensemble_mde.training.lr_finder import lr_range_test, steepest_descent_lr
 
 
 def test_one_cycle_warmup_end_and_final_lr():

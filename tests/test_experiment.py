@@ -11,8 +11,10 @@ import torch
 import yaml
 
 from conftest import run_cli
+from ensemble_mde import runs
 from ensemble_mde.errors import ConfigError
-from ensemble_mde.experiment import load_experiment, override_list, plan, run_experiment, stale_reason
+from ensemble_mde.config import Setting
+from ensemble_mde.experiment import load_experiment, override_settings, plan, run_experiment, stale_reason
 
 TWO_STEPS = {"data.workers": 0, "augment.crop": False,
              "train": {"epochs": 1, "batch_size": 4, "max_steps_per_epoch": 2, "val_batch_size": 4}}
@@ -134,13 +136,15 @@ def test_experiment_file_errors_name_the_key(tmp_path):
         plan(load_experiment(exp))
 
 
-def test_override_list_keeps_types():
-    assert override_list({"train": {"epochs": 2, "lr": 1e-3}, "augment.crop_size": [96, 128], "data.path": "x y"},
-                         "o") == ["train.epochs=2", "train.lr=0.001", "augment.crop_size=[96, 128]",
-                                  'data.path="x y"']
-    assert override_list(["train.epochs=2"], "o") == ["train.epochs=2"]
+def test_overrides_keep_the_types_the_file_gave():
+    texts, settings = override_settings({"train": {"epochs": 2, "lr": 1e-3}, "augment.crop_size": [96, 128],
+                                         "data.path": "x y #2", "run.name": "0123"}, "o")
+    assert texts == [] and settings == [Setting("train.epochs", 2, "o"), Setting("train.lr", 1e-3, "o"),
+                                        Setting("augment.crop_size", [96, 128], "o"),
+                                        Setting("data.path", "x y #2", "o"), Setting("run.name", "0123", "o")]
+    assert override_settings(["train.epochs=2"], "o") == (["train.epochs=2"], [])
     with pytest.raises(ConfigError):
-        override_list(["train.epochs"], "o")
+        override_settings(["train.epochs"], "o")
 
 
 def test_each_base_runs_at_its_own_input_size_and_the_compute_counts_it(finished, capsys):
@@ -152,7 +156,7 @@ def test_each_base_runs_at_its_own_input_size_and_the_compute_counts_it(finished
 
     _, out, _ = finished
     model, cfg = load_any_run(out / "runs" / "meta_rgbd_freeze")
-    assert cfg["data"]["size"] == [64, 96]                      # the larger base's size, whatever the order
+    assert runs.data_view(cfg)["data"]["size"] == [64, 96]      # the larger base's size, whatever the order
     seen = {}
     for name, base in zip(model.names, model.bases):
         base.register_forward_hook(lambda m, args, output, name=name: seen.update({name: tuple(args[0].shape[-2:])}))

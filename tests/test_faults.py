@@ -16,7 +16,7 @@ from conftest import run_cli
 from ensemble_mde import runs
 from ensemble_mde.config import load_config
 from ensemble_mde.data import build_dataset
-from ensemble_mde.engine import EpochSampler, TrainingError, train
+from ensemble_mde.training.engine import EpochSampler, TrainingError, train
 
 
 class TinyDepth(nn.Module):

@@ -22,6 +22,7 @@ from ensemble_mde import runs
 from ensemble_mde.cli import main
 from ensemble_mde.config import load_config
 from ensemble_mde.io import atomic_save, atomic_write_json
+from ensemble_mde.loading import build_learner, load_run
 from test_data_readers import labeled_frames, write_bts
 
 FAST = ["--device", "cpu", "--no-progress", "--set", "data.workers=0", "--set", "train.batch_size=4",
@@ -59,8 +60,8 @@ def write_run(folder: Path, data: Path, *, seed: int = 0, val_rmse: float = 1.0,
     for key, value in cfg_changes.items():
         cfg["data"][key] = value
     torch.manual_seed(seed)
-    atomic_save(runs.checkpoint_payload(runs.build_learner(cfg), cfg, epoch=1, step=1, metrics={}), folder / "best.pt")
-    runs.write_run_config(folder, cfg)
+    atomic_save(runs.checkpoint_payload(build_learner(cfg), cfg, epoch=1, step=1, metrics={}), folder / "best.pt")
+    runs.RunFolder(folder).write_config(cfg)
     atomic_write_json({"epochs": 1, "best_epoch": 1, "train_seconds": 1.0}, folder / "summary.json")
     (folder / "metrics.jsonl").write_text(json.dumps({"type": "val", "epoch": 1, "step": 1, "rmse": val_rmse,
                                                       "best": True}) + "\n")
@@ -184,6 +185,7 @@ HOLD = """
 import sys, time
 from pathlib import Path
 from ensemble_mde.io import exclusive_lock
+from ensemble_mde.loading import build_learner, load_run
 with exclusive_lock(Path(sys.argv[1]), "held", "wait"):
     print("held", flush=True)
     time.sleep(120)
@@ -239,7 +241,7 @@ def test_a_prediction_cache_being_filled_is_not_filled_twice(tmp_path):
 def meter_checkpoint(tmp_path):
     cfg = load_config(["defaults", "base/meter_xxs"], overrides=["data.size=[32, 32]"])
     torch.manual_seed(0)
-    model = runs.build_learner(cfg)
+    model = build_learner(cfg)
     with torch.no_grad():  # an output layer that says "far below the floor" everywhere
         model.decoder.conv2d_out.weight.copy_(-model.decoder.conv2d_out.weight.abs() * 50)
     path = tmp_path / "neg" / "best.pt"
@@ -262,7 +264,7 @@ def test_predict_outputs_never_collide(capsys, tmp_path, meter_checkpoint):
 
 
 def test_a_learner_never_outputs_depth_outside_its_range(capsys, tmp_path, meter_checkpoint):
-    model, _, _ = runs.load_run(meter_checkpoint)
+    model, _, _ = load_run(meter_checkpoint)
     model.train()
     depth = model(torch.rand(2, 3, 32, 32))["depth"]
     assert float(depth.detach().min()) == pytest.approx(model.min_depth) and float(depth.detach().max()) <= 10
@@ -415,11 +417,11 @@ def test_profile_of_a_run_uses_its_own_input_size(capsys, trained):
     assert result["input_size"] == [32, 48]
     from ensemble_mde.profiling import count_gmacs
 
-    assert result["gmacs"] == pytest.approx(count_gmacs(runs.load_run(trained)[0], (32, 48)))
+    assert result["gmacs"] == pytest.approx(count_gmacs(load_run(trained)[0], (32, 48)))
 
 
 def test_a_run_folder_is_written_under_the_umask_counting_epochs_from_1(trained):
-    for name in ("best.pt", "last.pt", "config.yaml", "summary.json", "metrics.jsonl"):
+    for name in ("best.pt", "last.pt", "config.yaml", "record.json", "summary.json", "metrics.jsonl"):
         assert (trained / name).stat().st_mode & 0o777 == 0o644, name
     summary = json.loads((trained / "summary.json").read_text())
     assert summary["best_epoch"] == 1 and summary["epochs"] == 1
@@ -458,13 +460,14 @@ def test_latex_tables_are_ascii_and_compile(capsys, two_runs, tmp_path):
 
 
 def test_baselines_over_the_same_bases_in_another_order_are_not_seeds(capsys, tmp_path, two_runs, synth_root):
-    from meta_learner.training import build_ensemble, meta_config, resolve_bases
+    from ensemble_mde.loading import build_ensemble
+    from ensemble_mde.training.meta import meta_config, resolve_bases
 
     metas = []
     for name, order in (("meta_ab", two_runs), ("meta_ba", two_runs[::-1])):
         cfg = meta_config(mode="freeze", bases=[str(r) for r in order],
                           overrides=[f"data.path={synth_root}", f"run.name={name}", "data.size=[48, 64]"])
-        cfg["ensemble"]["resolved"] = resolve_bases(cfg)
+        runs.with_record(cfg, {"bases": resolve_bases(cfg)})
         path = tmp_path / "runs" / name / "best.pt"
         atomic_save(runs.checkpoint_payload(build_ensemble(cfg, init_weights=False), cfg, kind="meta"), path)
         metas.append(path.parent)

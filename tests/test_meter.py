@@ -10,9 +10,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 import base_learners
-from ensemble_mde import runs
 from ensemble_mde.errors import CheckpointError
 from ensemble_mde.weights import import_official_weights
+from ensemble_mde.loading import load_run
 from conftest import SHARED_DATA
 
 OFFICIAL_XXS = SHARED_DATA / "meter_official" / "build_model_best_nyu_xxs"
@@ -73,9 +73,9 @@ def test_import_converts_centimetres_and_rebuilds_the_run(tmp_path):
     torch.save({"model": official}, file)  # a state_dict nested under "model" is accepted
     best = import_official_weights("meter_xxs", file, tmp_path / "runs" / "meter_xxs_official")
     assert best == tmp_path / "runs" / "meter_xxs_official" / "best.pt"
-    model, cfg, ckpt = runs.load_run(best.parent)
+    model, cfg, ckpt = load_run(best.parent)
     assert cfg["model"]["name"] == "meter_xxs" and cfg["run"]["name"] == "meter_xxs_official"
-    assert cfg["run"]["input_size"] == [192, 256]  # the official training resolution
+    assert cfg["record"]["input_size"] == [192, 256]  # the official training resolution
     assert cfg["model"]["imagenet_norm"] is True and model.imagenet_norm is True  # official input: ImageNet mean/std
     assert ckpt["source"] == str(file) and ckpt["epoch"] == 0
     state = model.state_dict()
@@ -118,7 +118,7 @@ def test_official_xxs_weights_predict_metres_on_a_real_nyu_image(tmp_path):
     raw = torch.load(OFFICIAL_XXS, map_location="cpu", weights_only=True)
     assert sum(v.numel() for k, v in raw.items() if "running_" not in k and "num_batches" not in k) == 713_464
     run_dir = import_official_weights("meter_xxs", OFFICIAL_XXS, tmp_path / "meter_xxs_nyu").parent
-    model, _, _ = runs.load_run(run_dir)
+    model, _, _ = load_run(run_dir)
     rgb, gt = load_nyu_sample()
     with torch.no_grad():
         depth = model(rgb)["depth"]

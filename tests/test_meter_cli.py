@@ -11,7 +11,7 @@ import torch
 import base_learners
 from ensemble_mde.cli import main
 from ensemble_mde.metrics import METRIC_KEYS
-from ensemble_mde.pipeline import base_config
+from ensemble_mde.training.base import base_config
 
 from conftest import SHARED_DATA, run_cli
 

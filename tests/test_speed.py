@@ -7,9 +7,9 @@ import torch
 from torch import nn
 
 import base_learners
-from ensemble_mde import runs
 from ensemble_mde.config import load_config
 from ensemble_mde.speed import fold_batchnorm, keep_freed_memory, prepare_for_inference
+from ensemble_mde.loading import build_learner
 from meta_learner.baselines import BaselineOverBases, MeanEnsemble
 from meta_learner.ensemble import StackedEnsemble
 from meta_learner.weighting import WeightingNetwork
@@ -54,7 +54,7 @@ def test_fold_batchnorm_matches_conv_then_batchnorm():
 @pytest.mark.parametrize("name", ["adabins", "bts", "ldrn", "meter_xxs"])
 def test_fast_path_gives_the_plain_depth(name):
     torch.manual_seed(0)
-    plain, fast = plain_and_fast(runs.build_learner(load_config(["defaults", f"base/{name}"]), init_weights=False))
+    plain, fast = plain_and_fast(build_learner(load_config(["defaults", f"base/{name}"]), init_weights=False))
     assert sum(isinstance(m, nn.BatchNorm2d) for m in fast.modules()) < sum(
         isinstance(m, nn.BatchNorm2d) for m in plain.modules())               # something was folded
     x = torch.rand(2, 3, *SIZE, generator=torch.Generator().manual_seed(1))

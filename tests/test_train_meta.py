@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from conftest import run_cli
+from ensemble_mde import runs
 
 TINY = ["--epochs", "1", "--batch-size", "4", "--device", "cpu", "--no-progress",
         "--set", "data.workers=0", "--set", "train.max_steps_per_epoch=2"]
@@ -30,7 +31,7 @@ def test_freeze_meta_run_is_self_describing(bases, synth_root, tmp_path):
                    "--set", f"ensemble.cache_dir={tmp_path / 'cache'}", *META_TINY, check=True)
     assert "bases: bts" in proc.stdout
     ckpt = torch.load(out / "best.pt", weights_only=True)
-    resolved = ckpt["config"]["ensemble"]["resolved"]
+    resolved = ckpt["record"]["bases"]
     assert [r["name"] for r in resolved] == ["bts", "meter_xxs"] and all(len(r["sha256"]) == 64 for r in resolved)
     # frozen: the ensemble's base weights are the base checkpoints' weights, bit for bit
     base_state = torch.load(bases / "bts" / "best.pt", weights_only=True)["model"]
@@ -73,7 +74,7 @@ def test_freeze_mode_never_runs_the_bases_after_filling_the_cache(bases, synth_r
     gets its own cache, and scoring from it matches running the bases (float16 tolerance)."""
     from ensemble_mde.data import build_dataset
     from ensemble_mde.evaluation import evaluate_model
-    from meta_learner import training
+    from ensemble_mde.training import meta as training
 
     cfg = training.meta_config(inputs="rgb+d", mode="freeze", bases=[bases / "bts", bases / "meter_xxs"], overrides=[
         f"run.runs_dir={tmp_path}", f"ensemble.cache_dir={tmp_path / 'cache'}", "run.device=cpu", "data.workers=0",
@@ -94,7 +95,7 @@ def test_freeze_mode_never_runs_the_bases_after_filling_the_cache(bases, synth_r
     assert (run_dir / "best.pt").is_file()
 
     model, cached_val = seen["model"], seen["val_set"]
-    plain_val = build_dataset(seen["cfg"], "val")
+    plain_val = build_dataset(runs.data_view(seen["cfg"]), "val")
     assert len(cached_val) == len(plain_val) and "base_depths" in cached_val[0]
     kwargs = dict(device=torch.device("cpu"), min_depth=cfg["data"]["min_depth"], max_depth=cfg["data"]["max_depth"])
     from_cache = evaluate_model(model, cached_val, **kwargs).compute()
@@ -124,7 +125,7 @@ def test_freeze_mode_leaves_the_bases_bit_identical(bases, tmp_path, base_inputs
 def test_live_bases_see_the_augmented_batch_the_meta_learner_sees(bases, tmp_path, monkeypatch):
     """The study's protocol: frozen bases (eval mode, no gradients) run on each augmented
     training batch, colour jitter included, and the meta-learner gets that same batch."""
-    from meta_learner import training
+    from ensemble_mde.training import meta as training
 
     cfg = training.meta_config(inputs="rgb+d", mode="freeze", bases=[bases / "bts", bases / "meter_xxs"], overrides=[
         f"run.runs_dir={tmp_path}", "ensemble.base_inputs=live", "run.device=cpu", "data.workers=0",

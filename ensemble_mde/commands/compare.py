@@ -1,8 +1,8 @@
-"""`ensemble compare [RUN...]`, `ensemble experiment FILE.yaml`, `ensemble demo`."""
+"""`ensemble compare [RUN...]`: the paper's tables over runs."""
 
 from __future__ import annotations
 
-import json
+from ensemble_mde.commands.options import add_device_option
 
 FORMATS = ("table", "md", "csv", "latex", "json")
 TABLES = ("accuracy", "compute")
@@ -35,28 +35,9 @@ def register(sub) -> None:
                    help="test images in the qualitative grid (with --out; default 3)")
     p.add_argument("--no-compute", action="store_true", help="skip GMACs and latency measurements")
     p.add_argument("--repeats", type=int, default=10, help="timed passes per model for latency (default 10)")
-    p.add_argument("--device", metavar="D", help="auto (default), cpu, cuda, cuda:N")
+    add_device_option(p)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_compare)
-
-    p = sub.add_parser("experiment", help="run a whole study from one YAML: data, bases, meta variants, compare",
-                       description="Trains every base learner and meta variant the file lists through the Python "
-                                   "API (finished runs are skipped, interrupted ones resumed), then compares "
-                                   "them and writes report.md.")
-    p.add_argument("file", help="experiment YAML (see configs/experiments/demo.yaml)")
-    p.add_argument("--out", metavar="DIR", help="experiment folder (default: the file's `out`)")
-    p.add_argument("--device", metavar="D", help="auto (default), cpu, cuda, cuda:N")
-    p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=cmd_experiment)
-
-    p = sub.add_parser("demo", help="the whole pipeline on synthetic data in minutes on a CPU",
-                       description="Runs the packaged demo experiment: synthetic rooms -> adabins, bts, ldrn, "
-                                   "meter_xxs -> meta-learners (rgb, d, rgb+d freeze; rgb+d finetune) -> "
-                                   "compare with bootstrap -> report.md.")
-    p.add_argument("--out", default="demo", metavar="DIR", help="where everything goes (default demo/)")
-    p.add_argument("--device", metavar="D", help="auto (default), cpu, cuda, cuda:N")
-    p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=cmd_demo)
 
 
 def parse_baselines(text: str) -> list[str]:
@@ -73,39 +54,11 @@ def parse_baselines(text: str) -> list[str]:
     return names
 
 
-def print_tables(comparison, fmt: str, *, silog: bool = False, console=None, only: str | None = None) -> None:
-    """Accuracy and compute tables in `fmt` (json: one object with both and the bootstrap);
-    `only`: "accuracy" or "compute" alone. CSV holds one table: accuracy unless `only` says."""
-    from ensemble_mde.compare import (accuracy_table, compute_table, render, rich_table, significance_table,
-                                      table_dict)
-    from ensemble_mde.progress import output_console
-
-    console = console or output_console()
-    accuracy, compute = accuracy_table(comparison, silog=silog), compute_table(comparison)
-    if fmt == "csv":
-        print(render(compute if only == "compute" else accuracy, fmt), end="")
-        return
-    if fmt == "json":
-        print(json.dumps({"accuracy": table_dict(accuracy), "compute": table_dict(compute),
-                          "bootstrap": comparison.bootstrap, "info": comparison.info}))
-    elif fmt == "table":  # the bootstrap as a table of its own: the terminal is narrower than a page
-        width = None if console.is_terminal else 160
-        tables = [("accuracy", accuracy_table(comparison, silog=silog, delta_metric=None))]
-        if comparison.bootstrap:
-            tables.append(("accuracy", significance_table(comparison)))
-        for kind, table in tables + [("compute", compute)]:
-            if only in (None, kind):
-                console.print(rich_table(table), width=width)
-    else:
-        for kind, table in (("accuracy", accuracy), ("compute", compute)):
-            if only in (None, kind):
-                print(render(table, fmt))
-
-
 def cmd_compare(args) -> int:
-    from ensemble_mde.compare import compare_runs, finished_runs
+    from ensemble_mde.compare import compare_runs, print_tables
+    from ensemble_mde.runs import finished_runs
     from ensemble_mde.progress import output_console
-    from ensemble_mde.report import write_report
+    from ensemble_mde.compare import write_report
 
     console = output_console(stderr=args.format != "table")
     notes = output_console(stderr=True)
@@ -124,19 +77,4 @@ def cmd_compare(args) -> int:
     if args.out:
         report = write_report(comparison, args.out, silog=args.silog)
         console.print(f"wrote tables (txt md csv tex json), figures and {report}")
-    return 0
-
-
-def cmd_experiment(args) -> int:
-    from ensemble_mde.experiment import load_experiment, run_experiment
-
-    experiment = load_experiment(args.file, out=args.out, device=args.device)
-    run_experiment(experiment, progress=not args.no_progress)
-    return 0
-
-
-def cmd_demo(args) -> int:
-    from ensemble_mde.experiment import demo
-
-    demo(args.out, device=args.device, progress=not args.no_progress)
     return 0

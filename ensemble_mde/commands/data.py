@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 
-from ensemble_mde.cli import parse_size
+from ensemble_mde.commands.options import add_set_option
+from ensemble_mde.config import parse_size
 
 
 def register(sub) -> None:
@@ -40,7 +41,7 @@ def register(sub) -> None:
     p.add_argument("--train", type=int, default=2000, help="training frames")
     p.add_argument("--val", type=int, default=200, help="validation frames")
     p.add_argument("--test", type=int, default=200, help="test frames")
-    p.add_argument("--size", default="240x320", metavar="HxW", help="frame size (default 240x320)")
+    p.add_argument("--size", default=(240, 320), type=parse_size, metavar="HxW", help="frame size (default 240x320)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_synth)
 
@@ -52,8 +53,7 @@ def _help(parser) -> int:
 
 def _config_options(p) -> None:
     p.add_argument("--config", metavar="FILE", help="YAML file merged over the packaged defaults")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set data.format=bts (repeatable)")
+    add_set_option(p, "override a config key, e.g. --set data.format=bts (repeatable)")
 
 
 def _config(args) -> dict:
@@ -87,7 +87,7 @@ def cmd_show(args) -> int:
 def cmd_synth(args) -> int:
     from ensemble_mde.data.synth import synthesize
 
-    height, width = parse_size(args.size)
+    height, width = args.size
     synthesize(args.out, counts={"train": args.train, "val": args.val, "test": args.test},
                size=(height, width), seed=args.seed, progress=True)
     print(f"wrote {args.train}/{args.val}/{args.test} train/val/test frames of {height}x{width} to {args.out}")

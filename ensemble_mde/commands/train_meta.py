@@ -1,8 +1,9 @@
-"""`ensemble train-meta`: the stacked-generalization meta-learner over trained bases."""
+"""`ensemble train-meta`: the stacked-generalization meta-learner over base learners."""
 
 from __future__ import annotations
 
-from ensemble_mde.commands.train import add_run_folder_options, add_training_options, note_ignored_on_resume
+from ensemble_mde.commands.options import (add_run_folder_options, add_training_options, flag_settings,
+                                          note_ignored_on_resume)
 
 
 def register(sub) -> None:
@@ -30,19 +31,20 @@ def register(sub) -> None:
 
 def cmd_train_meta(args) -> int:
     from ensemble_mde import runs
-    from ensemble_mde.pipeline import cli_overrides
+    from ensemble_mde.config import Setting
     from ensemble_mde.progress import output_console
-    from meta_learner.training import meta_config, run_name, train_meta
+    from ensemble_mde.runs import run_name
+    from ensemble_mde.training.meta import meta_config, train_meta
 
-    overrides = cli_overrides(args)
+    settings = flag_settings(args)
     if args.base_lr_factor is not None:
-        overrides.append(f"ensemble.base_lr_factor={args.base_lr_factor}")
+        settings.append(Setting("ensemble.base_lr_factor", args.base_lr_factor, "--base-lr-factor"))
     bases = [b.strip() for b in args.bases.split(",") if b.strip()] if args.bases else None
     cfg = meta_config(inputs=args.inputs, mode=args.mode, bases=bases, config_file=args.config,
-                      overrides=overrides, preset=args.preset)
+                      overrides=args.overrides, preset=args.preset, settings=settings)
     console = output_console()
     if args.resume:
-        note_ignored_on_resume(runs.run_dir_for(cfg, run_name(cfg)), overrides, console.print)
+        note_ignored_on_resume(runs.run_dir_for(cfg, run_name(cfg)), args, settings, console.print)
     run_dir, summary = train_meta(cfg, resume=args.resume, force=args.force, progress=not args.no_progress,
                                   say=console.print)
     last = summary["last_val"]

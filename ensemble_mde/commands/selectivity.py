@@ -1,24 +1,16 @@
-"""`ensemble import-weights NAME FILE --out RUN` and `ensemble selectivity RUN`."""
+"""`ensemble selectivity RUN`: neuron depth selectivity per layer (You et al., ICCV 2021)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+from ensemble_mde.commands.options import add_device_option, add_set_option
+
 ABLATION_FRACTIONS = (0, 1 / 16, 1 / 8, 1 / 4, 1 / 2)  # default k = fraction x units of the layer
 
 
 def register(sub) -> None:
-    p = sub.add_parser("import-weights", help="official pretrained weights (METER) -> a run folder",
-                       description="Convert an official weights file into a run folder (config.yaml + best.pt) "
-                                   "that evaluate, predict, compare and the meta-learner load like any run. "
-                                   "METER: the output is converted from centimetres to metres.")
-    p.add_argument("name", help="learner: meter_xxs, meter_xs or meter_s")
-    p.add_argument("file", help="official state_dict, e.g. build_model_best_nyu_xxs")
-    p.add_argument("--out", metavar="RUN", help="run folder to write (default runs/<name>_official)")
-    p.add_argument("--force", action="store_true", help="replace the checkpoint of an existing run folder")
-    p.set_defaults(func=cmd_import_weights)
-
     p = sub.add_parser("selectivity", help="neuron depth selectivity per layer (You et al. 2021)",
                        description="Dissect a run over a whole split: each unit's mean response per depth bin, "
                                    "its selectivity for its strongest bin, summarised per layer. Optional "
@@ -36,30 +28,9 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=int, default=4, dest="batch_size")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--out", metavar="DIR", help="where files go (default <run>/selectivity/)")
-    p.add_argument("--device", metavar="D", help="auto (default), cpu, cuda, cuda:N")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a key of the run's config, e.g. --set data.format=bts (repeatable)")
+    add_device_option(p)
+    add_set_option(p, "override a key of the run's config, e.g. --set data.format=bts (repeatable)")
     p.set_defaults(func=cmd_selectivity)
-
-
-def cmd_import_weights(args) -> int:
-    from ensemble_mde import runs
-    from ensemble_mde.errors import CheckpointError
-    from ensemble_mde.weights import OFFICIAL_RELEASES, import_official_weights
-
-    out = Path(args.out) if args.out else Path("runs") / f"{args.name}_official"
-    held = [name for name in ("best.pt", "last.pt") if (out / name).exists()]
-    if held and not args.force:
-        raise CheckpointError(f"run folder already holds {', '.join(held)}; pass --force to replace it", out)
-    best = import_official_weights(args.name, Path(args.file), out)
-    model, cfg, _ = runs.load_run(best)  # the run folder rebuilds on its own
-    params = sum(p.numel() for p in model.parameters())
-    release = OFFICIAL_RELEASES[args.name]
-    scaled = ", ".join(f"{key} x {factor:g}" for key, factor in release["to_metres"].items())
-    h, w = release["input_size"]
-    print(f"{args.name}: {params:,} parameters from {args.file}; centimetres -> metres: {scaled}; "
-          f"input {h}x{w}; wrote {out / 'config.yaml'} and {best}")
-    return 0
 
 
 def _run_folder(run: str) -> Path:
@@ -93,10 +64,10 @@ def _ablation_ks(text: str | None, units: int) -> list[int]:
 def cmd_selectivity(args) -> int:
     import torch
 
-    from ensemble_mde.commands.evaluate import _eval_config
     from ensemble_mde.data import build_dataset, eigen_crop_default
     from ensemble_mde.device import resolve_device
-    from ensemble_mde.evaluation import model_input_size
+    from ensemble_mde.evaluation import evaluation_config
+    from ensemble_mde.runs import model_input_size
     from ensemble_mde.io import atomic_write_json
     from ensemble_mde.loading import load_any_run
     from ensemble_mde.progress import task_progress
@@ -108,7 +79,7 @@ def cmd_selectivity(args) -> int:
     layers = _layer_names(model, args.layers)
     if args.ablate_layer and args.ablate_layer not in layers:
         layers += _layer_names(model, args.ablate_layer)
-    cfg = _eval_config(run_cfg, args)
+    cfg = evaluation_config(run_cfg, data=args.data, overrides=args.overrides)
     dataset = build_dataset(cfg, args.split, augment=False)
     input_size = model_input_size(run_cfg)
 

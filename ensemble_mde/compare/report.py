@@ -9,13 +9,17 @@ Figures are PNGs (matplotlib Agg) written atomically.
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import time
 from pathlib import Path
 
 import numpy as np
 
-from ensemble_mde.compare import Comparison, accuracy_table, compute_table, render, significance_table, write_tables
+from ensemble_mde.compare.render import FORMAT_SUFFIX, render
+from ensemble_mde.compare.tables import Comparison, accuracy_table, compute_table, significance_table
+from ensemble_mde.metrics import METRIC_KEYS
 from ensemble_mde.io import atomic_write_text, atomic_write_with, read_jsonl
 from ensemble_mde.visualize import depth_colormap, pyplot
 
@@ -223,3 +227,31 @@ def write_report(comparison: Comparison, out: str | Path, *, silog: bool = False
     path = out / "report.md"
     atomic_write_text("\n".join(lines), path)
     return path
+
+
+
+def write_tables(comparison: Comparison, out: str | Path, *, silog: bool = False) -> list[Path]:
+    """accuracy.* and compute.* in every format (txt, md, csv, tex, json), per_image.csv and
+    bootstrap.json (with a bootstrap); written atomically. Returns the paths."""
+    from ensemble_mde.io import atomic_write_json, atomic_write_text
+
+    out = Path(out)
+    written = []
+    for stem, table in (("accuracy", accuracy_table(comparison, silog=silog)), ("compute", compute_table(comparison))):
+        for fmt, suffix in FORMAT_SUFFIX.items():
+            path = out / f"{stem}.{suffix}"
+            atomic_write_text(render(table, fmt), path)
+            written.append(path)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["variant", "run", "seed", "image", *METRIC_KEYS])
+    for v in comparison.variants:
+        for r in v.results:
+            for i, name in enumerate(comparison.image_names):
+                writer.writerow([v.name, r.run, r.seed, name, *(repr(float(r.per_image[k][i])) for k in METRIC_KEYS)])
+    atomic_write_text(buf.getvalue(), out / "per_image.csv")
+    written.append(out / "per_image.csv")
+    if comparison.bootstrap:
+        atomic_write_json({**comparison.bootstrap_settings, "variants": comparison.bootstrap}, out / "bootstrap.json")
+        written.append(out / "bootstrap.json")
+    return written

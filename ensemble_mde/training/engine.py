@@ -1,9 +1,9 @@
 """The training loop shared by every base learner and the meta-learner.
 
 Read `train` top to bottom: processes and data order, optimiser and one-cycle schedule,
-resume, the epoch loop (forward, agree across ranks, backward, clip, step, log,
-mid-epoch checkpoint), validation, best/last checkpoints. The clever parts are the
-named functions above it.
+resume, the epoch loop (`train_one_epoch`: forward, agree across ranks, backward, clip,
+step, log, mid-epoch checkpoint; then validation, best/last checkpoints). The clever parts
+are the named functions above it.
 
 Faults. A non-finite loss or gradient norm stops the run with a TrainingError naming the
 step (or the batch is skipped, up to train.skip_bad_batches in the run); weights,
@@ -24,7 +24,6 @@ the per-image scores gathered; rank 0 alone prints and writes files.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
@@ -40,13 +39,12 @@ import torch
 
 from ensemble_mde import distributed, runs
 from ensemble_mde.data import loader_workers
-from ensemble_mde.evaluation import evaluate_model, model_input_size
+from ensemble_mde.evaluation import evaluate_model
+from ensemble_mde.runs import model_input_size
 from ensemble_mde.errors import ConfigError, EnsembleError
-from ensemble_mde.io import atomic_save, atomic_write_json, read_json, read_jsonl
 from ensemble_mde.metrics import HIGHER_IS_BETTER
 from ensemble_mde.progress import training_progress
 
-RUN_FILES = ("config.yaml", "metrics.jsonl")  # what a run writes before its first checkpoint
 
 
 class TrainingError(EnsembleError):
@@ -151,20 +149,6 @@ def forward_batch(model: torch.nn.Module, batch: dict) -> dict:
     return model(batch["rgb"])
 
 
-def append_jsonl(path: Path, record: dict) -> None:
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
-
-
-def truncate_jsonl_after(path: Path, step: int) -> None:
-    """Drop records logged after `step` (by a run that died after its last checkpoint), and
-    a half-written line such a death can leave."""
-    if not path.exists():
-        return
-    records, _ = read_jsonl(path)
-    path.write_text("".join(json.dumps(r) + "\n" for r in records if r.get("step", 0) <= step))
-
-
 def steps_per_epoch(n_samples: int, batch_size: int, max_steps: int = 0) -> int:
     """Optimiser steps in one epoch over `n_samples` (whole batches only; at most max_steps
     when > 0). A ConfigError when the split holds less than one batch."""
@@ -175,17 +159,6 @@ def steps_per_epoch(n_samples: int, batch_size: int, max_steps: int = 0) -> int:
         raise ConfigError(f"train split has {n_samples} samples, fewer than one batch of {batch_size}",
                           "train.batch_size")
     return steps
-
-
-def discard_unstarted_run(run_dir: Path) -> None:
-    """After a failure before any checkpoint: remove the files the run wrote (and the
-    folder, when that leaves it empty), so bad input leaves nothing half-made."""
-    if (run_dir / "last.pt").exists() or (run_dir / "best.pt").exists():
-        return
-    for name in RUN_FILES:
-        (run_dir / name).unlink(missing_ok=True)
-    if run_dir.is_dir() and not any(run_dir.iterdir()):
-        run_dir.rmdir()
 
 
 class StopRequest:
@@ -274,6 +247,121 @@ def interrupted(signum: int, state: TrainState, last_path: Path) -> TrainingInte
         f"saved {last_path}; run the same command with --resume to continue", signum or signal.SIGTERM)
 
 
+@dataclass
+class Loop:
+    """What one run's steps share: the model (`net`: through DDP with several ranks), the
+    optimiser and schedule, the state, the run folder (written by rank 0) and the settings."""
+    model: torch.nn.Module
+    net: torch.nn.Module
+    cfg: dict
+    folder: runs.RunFolder
+    optimizer: torch.optim.Optimizer
+    schedule: torch.optim.lr_scheduler.LRScheduler
+    state: TrainState
+    device: torch.device
+    epoch_steps: int
+    extra_loss: object = None
+
+    def save_last(self) -> None:
+        if distributed.is_main():
+            self.folder.save(runs.checkpoint_payload(
+                self.model, self.cfg, kind=self.cfg.get("kind", "base"), optimizer=self.optimizer.state_dict(),
+                scheduler=self.schedule.state_dict(), state=asdict(self.state), rng=rng_state()), "last")
+        distributed.barrier()  # no rank leaves before the file is in place
+
+    def log(self, entry: dict) -> None:
+        if distributed.is_main():
+            self.folder.log(entry)
+
+
+def epoch_loader(loop: Loop, train_set) -> torch.utils.data.DataLoader:
+    """The batches of the epoch in progress: a seeded permutation (the same in a resumed run,
+    from the batch it stopped at), each global batch split evenly over the ranks."""
+    cfg, state, world = loop.cfg, loop.state, distributed.world_size()
+    seed, batch_size = int(cfg["run"]["seed"]), int(cfg["train"]["batch_size"])
+    train_set.set_epoch(state.epoch)
+    return torch.utils.data.DataLoader(
+        train_set, batch_size=batch_size // world, drop_last=True,
+        sampler=EpochSampler(len(train_set), seed, state.epoch, start=state.batch_in_epoch * batch_size,
+                             rank=distributed.rank(), world_size=world, batch_size=batch_size),
+        num_workers=loader_workers(cfg["data"], loop.device.type), pin_memory=loop.device.type == "cuda",
+        generator=torch.Generator().manual_seed(seed + state.epoch),  # keeps the global RNG untouched
+        worker_init_fn=own_process_group,
+    )
+
+
+def train_one_epoch(loop: Loop, loader, stop: "StopRequest", bar, task, say) -> None:
+    """The steps of one epoch (from where it stopped): forward, agree across ranks, backward,
+    clip, step, log, mid-epoch checkpoint. A non-finite loss or gradient skips the batch (up
+    to train.skip_bad_batches in the run) or stops the run with last.pt at the last good step."""
+    tc, state, model = loop.cfg["train"], loop.state, loop.model
+    autocast = (lambda: torch.autocast(loop.device.type, dtype=torch.bfloat16)) if tc["amp"] == "bf16" \
+        else nullcontext
+    max_bad = int(tc.get("skip_bad_batches", 0))  # .get: configs of runs started before the key existed
+    clip = float(tc["grad_clip"]) or math.inf
+    epoch = state.epoch
+    loop.net.train()
+    started = time.perf_counter()
+    for batch in loader:
+        if state.batch_in_epoch >= loop.epoch_steps:
+            break
+        batch = move_batch(batch, loop.device)
+        buffers = snapshot_buffers(model)
+        with autocast():
+            outputs = forward_batch(loop.net, batch)
+            terms = model.loss(outputs, batch)
+            if loop.extra_loss is not None:
+                extra = loop.extra_loss(model, outputs, batch)
+                terms = {**terms, **extra, "total": terms["total"] + sum(extra.values())}
+        loss = terms["total"]
+
+        # Every rank learns the mean loss and whether any rank was signalled.
+        mean_terms, stopping = step_consensus(terms, bool(stop.signum), loop.device)
+        if stopping:
+            restore_buffers(model, buffers)  # this forward never happened
+            state.train_seconds += time.perf_counter() - started
+            loop.save_last()
+            raise interrupted(stop.signum, state, loop.folder.last)
+        problem = None if math.isfinite(mean_terms["total"]) else f"loss is {mean_terms['total']}"
+        loop.optimizer.zero_grad(set_to_none=True)
+        if problem is None:
+            loss.backward()
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip))
+            problem = None if math.isfinite(grad_norm) else f"gradient norm is {grad_norm}"
+        if problem is not None:  # skip the batch, or stop with the last good step saved
+            restore_buffers(model, buffers)
+            loop.optimizer.zero_grad(set_to_none=True)
+            where = f"step {state.step + 1} (epoch {epoch + 1}, batch {state.batch_in_epoch + 1})"
+            if state.bad_batches >= max_bad:
+                state.train_seconds += time.perf_counter() - started
+                loop.save_last()
+                skipped = f" after skipping {max_bad} (train.skip_bad_batches)" if max_bad else ""
+                raise TrainingError(
+                    f"{problem} at {where}{skipped}; stopped, {loop.folder.last} holds the last good step "
+                    f"{state.step}: check that batch's data, lower train.lr, or let a new run skip "
+                    f"such batches (--set train.skip_bad_batches=N)")
+            state.bad_batches += 1
+            state.batch_in_epoch += 1
+            say(f"skipped a bad batch: {problem} at {where} ({state.bad_batches} of at most {max_bad})")
+            loop.log({"type": "skip", "epoch": epoch + 1, "step": state.step, "batch": state.batch_in_epoch,
+                      "reason": problem})
+            continue
+        loop.optimizer.step()
+        loop.schedule.step()
+        state.step += 1
+        state.batch_in_epoch += 1
+
+        lr = loop.optimizer.param_groups[-1]["lr"]
+        bar.update(task, advance=1, loss=mean_terms["total"], lr=lr, description=f"epoch {epoch + 1}/{tc['epochs']}")
+        if state.step % int(tc["log_every"]) == 0 or state.batch_in_epoch == loop.epoch_steps:
+            loop.log({"type": "train", "epoch": epoch + 1, "step": state.step, "lr": lr, **mean_terms})
+        if tc["checkpoint_every"] and state.step % int(tc["checkpoint_every"]) == 0:
+            state.train_seconds += time.perf_counter() - started
+            started = time.perf_counter()
+            loop.save_last()
+    state.train_seconds += time.perf_counter() - started
+
+
 def train(model: torch.nn.Module, cfg: dict, train_set, val_set, run_dir: Path, *, device: torch.device,
           eigen_crop: bool = False, resume: bool = False, progress: bool = True,
           param_groups=None, extra_loss=None) -> dict:
@@ -286,12 +374,11 @@ def train(model: torch.nn.Module, cfg: dict, train_set, val_set, run_dir: Path, 
     Raises TrainingError (non-finite loss) and TrainingInterrupted (SIGINT/SIGTERM).
     """
     tc = cfg["train"]
-    run_dir = Path(run_dir)
+    folder = runs.RunFolder(run_dir)
     main, world = distributed.is_main(), distributed.world_size()
-    seed = int(cfg["run"]["seed"])
-    seed_everything(seed)
-    # channels_last weights (conv outputs follow them): 1.4x faster meta-learner steps and
-    # 1.0-1.2x faster base-learner steps on CPU (benchmarks/NOTES.md). .get: older run configs.
+    seed_everything(int(cfg["run"]["seed"]))
+    # channels_last weights (conv outputs follow them): faster convolutions on CPU and CUDA
+    # (benchmarks/NOTES.md). .get: older run configs.
     model.to(device, memory_format=torch.channels_last if tc.get("channels_last", False) else torch.preserve_format)
     if tc.get("sync_bn", False):
         model = distributed.convert_sync_batchnorm(model, device)
@@ -310,149 +397,64 @@ def train(model: torch.nn.Module, cfg: dict, train_set, val_set, run_dir: Path, 
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: one_cycle_lr(
         s, total_steps, 1.0, tc["warmup_fraction"], tc["div_factor"], tc["final_div_factor"]))
     state = TrainState()
-    log_path = run_dir / "metrics.jsonl"
-    last_path = run_dir / "last.pt"
 
-    if resume and last_path.is_file():
-        ckpt = runs.read_checkpoint(last_path)
-        runs.load_state(model, ckpt["model"], last_path, cfg["model"]["name"])
+    # Resume: weights, optimiser, schedule, state and RNG of last.pt; the log cut back to it.
+    if resume and folder.last.is_file():
+        ckpt = runs.read_checkpoint(folder.last)
+        runs.load_state(model, ckpt["model"], folder.last, cfg["model"]["name"])
         optimizer.load_state_dict(ckpt["optimizer"])
         schedule.load_state_dict(ckpt["scheduler"])
         state = TrainState(**ckpt["state"])
         set_rng_state(ckpt["rng"])
         if main:
-            truncate_jsonl_after(log_path, state.step)
-    elif main and log_path.exists():
-        log_path.unlink()
+            folder.truncate_log_after(state.step)
+    elif main and folder.metrics_file.exists():
+        folder.metrics_file.unlink()
     if main:
-        runs.write_run_config(run_dir, cfg)
+        folder.write_config(cfg)
+    if state.epoch >= int(tc["epochs"]) and folder.summary_file.is_file():
+        return folder.summary()  # resumed a finished run
     # DDP averages gradients over the ranks in backward; `model` stays the plain module
     # (checkpoints, loss, validation), `net` is what the training forward goes through.
     net = model if world == 1 else torch.nn.parallel.DistributedDataParallel(
         model, device_ids=[device.index] if device.type == "cuda" else None)
-
-    def save_last() -> None:
-        if main:
-            atomic_save(runs.checkpoint_payload(
-                model, cfg, kind=cfg.get("kind", "base"), optimizer=optimizer.state_dict(),
-                scheduler=schedule.state_dict(), state=asdict(state), rng=rng_state()), last_path)
-        distributed.barrier()  # no rank leaves before the file is in place
-
-    amp = tc["amp"] == "bf16"
-    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if amp else nullcontext
+    loop = Loop(model, net, cfg, folder, optimizer, schedule, state, device, epoch_steps, extra_loss)
     best_metric = tc["best_metric"]
-    max_bad = int(tc.get("skip_bad_batches", 0))  # .get: configs of runs started before the key existed
-    clip = float(tc["grad_clip"]) or math.inf
-    if state.epoch >= int(tc["epochs"]) and (run_dir / "summary.json").is_file():
-        return read_json(run_dir / "summary.json")  # resumed a finished run
 
     try:
         with StopRequest() as stop, training_progress(enabled=progress and main) as bar:
             say = bar.console.print if main else (lambda *args: None)
             task = bar.add_task("train", total=total_steps, completed=state.step, loss=float("nan"), lr=0.0)
             while state.epoch < int(tc["epochs"]):
-                epoch = state.epoch
-                train_set.set_epoch(epoch)
-                loader = torch.utils.data.DataLoader(
-                    train_set, batch_size=batch_size // world, drop_last=True,
-                    sampler=EpochSampler(len(train_set), seed, epoch, start=state.batch_in_epoch * batch_size,
-                                         rank=distributed.rank(), world_size=world, batch_size=batch_size),
-                    num_workers=loader_workers(cfg["data"], device.type), pin_memory=device.type == "cuda",
-                    generator=torch.Generator().manual_seed(seed + epoch),  # keeps the global RNG untouched
-                    worker_init_fn=own_process_group,
-                )
-                net.train()
-                started = time.perf_counter()
-                for batch in loader:
-                    if state.batch_in_epoch >= epoch_steps:
-                        break
-                    batch = move_batch(batch, device)
-                    buffers = snapshot_buffers(model)
-                    with autocast():
-                        outputs = forward_batch(net, batch)
-                        terms = model.loss(outputs, batch)
-                        if extra_loss is not None:
-                            extra = extra_loss(model, outputs, batch)
-                            terms = {**terms, **extra, "total": terms["total"] + sum(extra.values())}
-                    loss = terms["total"]
-
-                    # Every rank learns the mean loss and whether any rank was signalled.
-                    mean_terms, stopping = step_consensus(terms, bool(stop.signum), device)
-                    if stopping:
-                        restore_buffers(model, buffers)  # this forward never happened
-                        state.train_seconds += time.perf_counter() - started
-                        save_last()
-                        raise interrupted(stop.signum, state, last_path)
-                    problem = None if math.isfinite(mean_terms["total"]) else f"loss is {mean_terms['total']}"
-                    optimizer.zero_grad(set_to_none=True)
-                    if problem is None:
-                        loss.backward()
-                        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip))
-                        problem = None if math.isfinite(grad_norm) else f"gradient norm is {grad_norm}"
-                    if problem is not None:  # skip the batch, or stop with the last good step saved
-                        restore_buffers(model, buffers)
-                        optimizer.zero_grad(set_to_none=True)
-                        where = f"step {state.step + 1} (epoch {epoch + 1}, batch {state.batch_in_epoch + 1})"
-                        if state.bad_batches >= max_bad:
-                            state.train_seconds += time.perf_counter() - started
-                            save_last()
-                            skipped = f" after skipping {max_bad} (train.skip_bad_batches)" if max_bad else ""
-                            raise TrainingError(
-                                f"{problem} at {where}{skipped}; stopped, {last_path} holds the last good step "
-                                f"{state.step}: check that batch's data, lower train.lr, or let a new run skip "
-                                f"such batches (--set train.skip_bad_batches=N)")
-                        state.bad_batches += 1
-                        state.batch_in_epoch += 1
-                        say(f"skipped a bad batch: {problem} at {where} ({state.bad_batches} of at most {max_bad})")
-                        if main:
-                            append_jsonl(log_path, {"type": "skip", "epoch": epoch + 1, "step": state.step,
-                                                    "batch": state.batch_in_epoch, "reason": problem})
-                        continue
-                    optimizer.step()
-                    schedule.step()
-                    state.step += 1
-                    state.batch_in_epoch += 1
-
-                    lr = optimizer.param_groups[-1]["lr"]
-                    bar.update(task, advance=1, loss=mean_terms["total"], lr=lr,
-                               description=f"epoch {epoch + 1}/{tc['epochs']}")
-                    if main and (state.step % int(tc["log_every"]) == 0 or state.batch_in_epoch == epoch_steps):
-                        append_jsonl(log_path, {"type": "train", "epoch": epoch + 1, "step": state.step, "lr": lr,
-                                                **mean_terms})
-                    if tc["checkpoint_every"] and state.step % int(tc["checkpoint_every"]) == 0:
-                        state.train_seconds += time.perf_counter() - started
-                        started = time.perf_counter()
-                        save_last()
-                state.train_seconds += time.perf_counter() - started
+                train_one_epoch(loop, epoch_loader(loop, train_set), stop, bar, task, say)
 
                 # Validation on the scene-held-out split, then best/last checkpoints.
+                epoch = state.epoch
                 metrics = validate(model, val_set, cfg, device, eigen_crop)
                 improved = is_better(best_metric, metrics[best_metric], state.best_value)
                 if improved:
                     state.best_value, state.best_epoch = metrics[best_metric], epoch
-                if main:
-                    append_jsonl(log_path, {"type": "val", "epoch": epoch + 1, "step": state.step, **metrics,
-                                            "best": improved})
+                loop.log({"type": "val", "epoch": epoch + 1, "step": state.step, **metrics, "best": improved})
                 say(f"epoch {epoch + 1}: " + "  ".join(f"{k} {metrics[k]:.4f}" for k in ("rmse", "abs_rel", "d1"))
                     + ("  (best)" if improved else ""))
                 state.epoch += 1
                 state.batch_in_epoch = 0
                 state.last_val = metrics
                 if improved and main:
-                    atomic_save(runs.checkpoint_payload(model, cfg, kind=cfg.get("kind", "base"), epoch=epoch + 1,
-                                                        step=state.step, metrics=metrics), run_dir / "best.pt")
-                save_last()
+                    folder.save(runs.checkpoint_payload(model, cfg, kind=cfg.get("kind", "base"), epoch=epoch + 1,
+                                                        step=state.step, metrics=metrics), "best")
+                loop.save_last()
                 if state.epoch < int(tc["epochs"]) and distributed.sum_over_ranks([bool(stop.signum)], device)[0]:
-                    raise interrupted(stop.signum, state, last_path)
+                    raise interrupted(stop.signum, state, folder.last)
     except BaseException:
         if main:
-            discard_unstarted_run(run_dir)
+            folder.discard_unstarted()
         raise
     summary = {"epochs": state.epoch, "steps": state.step, "best_metric": best_metric,
                "best_value": state.best_value, "best_epoch": state.best_epoch + 1, "last_val": state.last_val,
                "train_seconds": round(state.train_seconds, 3), "bad_batches_skipped": state.bad_batches,
                "world_size": world}
     if main:
-        atomic_write_json(summary, run_dir / "summary.json")
+        folder.write_summary(summary)
     distributed.barrier()
     return summary

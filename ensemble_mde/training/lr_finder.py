@@ -102,16 +102,16 @@ def plot_lr_curve(result: dict, path: Path, title: str = "") -> None:
 
 def find_lr_for_config(cfg: dict, *, plot_path: Path, progress: bool = True) -> dict:
     """Run the range test on the learner and training data `cfg` describes."""
-    from ensemble_mde import runs
     from ensemble_mde.data import build_dataset, loader_workers
+    from ensemble_mde.loading import build_learner
     from ensemble_mde.device import resolve_device
-    from ensemble_mde.engine import adamw, move_batch, seed_everything, steps_per_epoch
+    from ensemble_mde.training.engine import adamw, move_batch, seed_everything, steps_per_epoch
     from ensemble_mde.progress import task_progress
 
     lf = cfg["lr_find"]
     device = resolve_device(cfg["run"]["device"])
     seed_everything(int(cfg["run"]["seed"]))
-    model = runs.build_learner(cfg).to(device)
+    model = build_learner(cfg).to(device)
     train_set = build_dataset(cfg, "train")
     steps_per_epoch(len(train_set), int(cfg["train"]["batch_size"]))  # the ramp needs whole batches
     optimizer = adamw(model.parameters(), lr=lf["start_lr"], weight_decay=cfg["train"]["weight_decay"])

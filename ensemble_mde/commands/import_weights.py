@@ -1,0 +1,37 @@
+"""`ensemble import-weights NAME FILE --out RUN`: official pretrained weights as a run folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def register(sub) -> None:
+    p = sub.add_parser("import-weights", help="official pretrained weights (METER) -> a run folder",
+                       description="Convert an official weights file into a run folder (config.yaml + best.pt) "
+                                   "that evaluate, predict, compare and the meta-learner load like any run. "
+                                   "METER: the output is converted from centimetres to metres.")
+    p.add_argument("name", help="learner: meter_xxs, meter_xs or meter_s")
+    p.add_argument("file", help="official state_dict, e.g. build_model_best_nyu_xxs")
+    p.add_argument("--out", metavar="RUN", help="run folder to write (default runs/<name>_official)")
+    p.add_argument("--force", action="store_true", help="replace the checkpoint of an existing run folder")
+    p.set_defaults(func=cmd_import_weights)
+
+
+def cmd_import_weights(args) -> int:
+    from ensemble_mde.errors import CheckpointError
+    from ensemble_mde.loading import load_run
+    from ensemble_mde.weights import OFFICIAL_RELEASES, import_official_weights
+
+    out = Path(args.out) if args.out else Path("runs") / f"{args.name}_official"
+    held = [name for name in ("best.pt", "last.pt") if (out / name).exists()]
+    if held and not args.force:
+        raise CheckpointError(f"run folder already holds {', '.join(held)}; pass --force to replace it", out)
+    best = import_official_weights(args.name, Path(args.file), out)
+    model, cfg, _ = load_run(best)  # the run folder rebuilds on its own
+    params = sum(p.numel() for p in model.parameters())
+    release = OFFICIAL_RELEASES[args.name]
+    scaled = ", ".join(f"{key} x {factor:g}" for key, factor in release["to_metres"].items())
+    h, w = release["input_size"]
+    print(f"{args.name}: {params:,} parameters from {args.file}; centimetres -> metres: {scaled}; "
+          f"input {h}x{w}; wrote {out / 'config.yaml'} and {best}")
+    return 0

@@ -1,0 +1,63 @@
+"""`ensemble predict RUN IMAGE...`: depth maps (16-bit PNG in mm, colourised PNG) for images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ensemble_mde.commands.options import add_device_option
+
+
+def register(sub) -> None:
+    p = sub.add_parser("predict", help="depth maps for images: 16-bit PNG (mm) + colourised PNG",
+                       description="Predict depth for images of any size (turned upright as their EXIF "
+                                   "orientation says, resized to the run's input size, the depth resized back). "
+                                   "Outputs are named after each image's stem, with its extension and folders "
+                                   "added where two images would share a name.")
+    p.add_argument("run", help="run folder or checkpoint")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--out", default="predictions", metavar="DIR")
+    p.add_argument("--flip-tta", action="store_true")
+    add_device_option(p)
+    p.set_defaults(func=cmd_predict)
+
+
+def cmd_predict(args) -> int:
+    import torch
+
+    from ensemble_mde.device import resolve_device
+    from ensemble_mde.data import load_rgb
+    from ensemble_mde.evaluation import resize_rgb
+    from ensemble_mde.runs import model_input_size
+    from ensemble_mde.io import distinct_stems
+    from ensemble_mde.loading import load_any_run
+    from ensemble_mde.metrics import flip_tta
+    from ensemble_mde.visualize import save_colorized_depth, save_depth_png, save_weight_maps
+
+    device = resolve_device(args.device or "auto")
+    model, cfg = load_any_run(args.run, device=device, for_inference=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    size = model_input_size(cfg)
+    for image, stem in zip(args.images, distinct_stems(args.images)):
+        rgb = load_rgb(image, upright=True)  # [3,H,W] in [0,1]; grayscale/RGBA converted
+        h, w = rgb.shape[-2:]
+        in_size = size or (h, w)
+        with torch.inference_mode():
+            x = resize_rgb(rgb[None].to(device), in_size)
+            outputs = model(x)
+            depth = flip_tta(lambda t: model(t)["depth"], x) if args.flip_tta else outputs["depth"]
+            depth = torch.nn.functional.interpolate(depth.float(), size=(h, w), mode="bilinear",
+                                                    align_corners=False)[0, 0].cpu()
+        save_depth_png(depth, out / f"{stem}_depth.png")
+        save_colorized_depth(depth, out / f"{stem}_depth_color.png", max_depth=cfg["data"]["max_depth"],
+                             title=f"{Path(image).name}: depth (m)")
+        written = [f"{stem}_depth.png", f"{stem}_depth_color.png"]
+        if "weights" in outputs:
+            save_weight_maps(outputs["weights"][0].float().cpu(), getattr(model, "names", None),
+                             out / f"{stem}_weights.png")
+            written.append(f"{stem}_weights.png")
+        note = ("; no weight map: the relaxed head predicts depth, not weights"
+                if "base_depths" in outputs and "weights" not in outputs else "")
+        print(f"{image}: depth {float(depth.min()):.2f}-{float(depth.max()):.2f} m "
+              f"(median {float(depth.median()):.2f}) -> {', '.join(str(out / n) for n in written)}{note}")
+    return 0

@@ -1,0 +1,411 @@
+"""The evaluation behind a comparison: every run once over the split (ensemble_mde.evaluation
+`predictions`), the bases' maps stored for the averaging baselines and the freeze-mode
+ensembles, then the baselines, the grouping by seed and the bootstrap."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ensemble_mde.compare.tables import Comparison
+from ensemble_mde.compare.variants import (RunInfo, RunResult, config_identity, group_by_seed, has_training_data,
+                                           read_run, validation_rmse)
+from ensemble_mde import runs as runs_mod
+from ensemble_mde.errors import CheckpointError, ConfigError, DataError
+from ensemble_mde.evaluation import evaluation_config, predictions
+from ensemble_mde.metrics import METRIC_KEYS, MetricAccumulator
+
+BASELINE_NAMES = ("mean", "median", "weighted", "oracle", "convex")
+BASELINE_LABELS = {"mean": "Baseline (mean)", "median": "Median", "weighted": "Weighted (1/val RMSE)",
+                   "oracle": "Oracle (selection)", "convex": "Oracle (convex blend)"}
+INPUT_ORDER = {"rgb": 0, "d": 1, "rgb+d": 2}
+MODE_ORDER = {"freeze": 0, "finetune": 1, "simultaneous": 2}
+
+
+
+class PredictionStore:
+    """Depth maps of the base learners on disk (one .npy per run and image, float32), so the
+    baselines and the freeze-mode ensembles reuse them: [1 or 2, h, w] = straight (and the
+    prediction on the mirrored image, not flipped back, with flip TTA). Unlike the training
+    cache (meta_learner.cache: frame-size maps of the un-augmented training frames, kept
+    across runs), these are one comparison's test maps, with their mirrored twins."""
+
+    def __init__(self):
+        self._dir = tempfile.TemporaryDirectory(prefix="ensemble-compare-")
+        self.root = Path(self._dir.name)
+
+    def path(self, key: str, index: int) -> Path:
+        return self.root / key / f"{index}.npy"
+
+    def put(self, key: str, index: int, maps: torch.Tensor) -> None:
+        self.path(key, index).parent.mkdir(exist_ok=True)
+        np.save(self.path(key, index), maps.float().numpy())
+
+    def get(self, key: str, index: int) -> torch.Tensor:
+        return torch.from_numpy(np.load(self.path(key, index)))
+
+    def tta(self, key: str, index: int) -> torch.Tensor:
+        """[1,h,w] the prediction the metrics score: straight, or the flip-TTA mean."""
+        maps = self.get(key, index)
+        return maps[:1] if len(maps) == 1 else 0.5 * (maps[:1] + torch.flip(maps[1:2], dims=[-1]))
+
+    def close(self) -> None:
+        self._dir.cleanup()
+
+
+def data_identity(cfg: dict) -> tuple:
+    """What names the dataset a run trained on (a meta run: its record's data when it named none)."""
+    data = runs_mod.data_view(cfg)["data"]
+    return tuple(str(data.get(k)) for k in ("path", "format", "train_list", "test_list", "train_root", "test_root"))
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} ({device})"
+    from ensemble_mde.profiling import cpu_model
+
+    return f"CPU {cpu_model()}, {torch.get_num_threads()} threads"
+
+
+def _variant_name(run: RunInfo) -> str:
+    if run.kind == "meta":
+        return "SG " + " ".join(runs_mod.meta_variant(run.cfg))
+    return str(run.cfg["model"]["name"])
+
+
+def _train_seconds(run: RunInfo) -> float | None:
+    t = run.summary.get("train_seconds")
+    return float(t) if t is not None else None
+
+
+class EvaluationPass:
+    """Runs every model once over the split; see `compare_runs`.
+
+    figures: {"indices": [dataset indices], "names", "rgb": [[3,H,W]], "gt": [[H,W]],
+    "pred": {run folder: [[H,W] at GT size]}, "weights": {run folder: [[K,H,W]]},
+    "weight_names": {run folder: [K names]}}."""
+
+    def __init__(self, runs: list[RunInfo], dataset, *, device: torch.device, flip: bool, eigen_crop: bool,
+                 min_depth: float, max_depth: float, figure_images: int, measure: bool, repeats: int,
+                 progress=None):
+        self.runs, self.dataset, self.device = runs, dataset, device
+        self.flip, self.eigen_crop = flip, eigen_crop
+        self.min_depth, self.max_depth = min_depth, max_depth
+        self.measure, self.repeats = measure, repeats
+        self.progress = progress
+        self.store = PredictionStore()
+        self.store_keys: dict[Path, str] = {}               # base checkpoint -> store key
+        n = len(dataset)
+        count = min(figure_images, n)
+        self.figure_indices = sorted({int(round(i * (n - 1) / max(1, count - 1))) for i in range(count)}) \
+            if count else []
+        self.figures = {"indices": self.figure_indices, "names": [], "rgb": [], "gt": [], "pred": {}, "weights": {},
+                        "weight_names": {}}
+        self.image_names: list[str] | None = None
+
+    def cached_bases(self, run: RunInfo, input_size) -> list[str] | None:
+        """Store keys of a freeze-mode ensemble's bases when all were evaluated at its input size."""
+        from ensemble_mde.runs import model_input_size
+
+        if run.kind != "meta" or run.cfg["ensemble"]["mode"] != "freeze":
+            return None
+        keys = []
+        for r in run.cfg[runs_mod.RECORD]["bases"]:
+            key = self.store_keys.get(Path(r["run"]).resolve()) if r.get("run") else None
+            base = next((b for b in self.runs if b.checkpoint == Path(r["run"]).resolve()), None) if key else None
+            if key is None or base is None or model_input_size(base.cfg) != input_size:
+                return None
+            keys.append(key)
+        return keys
+
+    def predict_run(self, run: RunInfo, *, keep: bool) -> tuple[dict, dict]:
+        """(per-image metrics {metric: [N]}, cost) of one run; keep: store its maps for the baselines."""
+        from ensemble_mde.loading import load_any_run
+        from ensemble_mde.profiling import count_gmacs, count_params, measure_latency
+        from ensemble_mde.runs import model_input_size
+        from ensemble_mde.speed import prepare_for_inference
+
+        model, cfg = load_any_run(run.path, device=self.device)
+        params = count_params(model)  # as trained: before the fast path folds BatchNorm
+        prepare_for_inference(model)
+        input_size = model_input_size(cfg)
+        cached = self.cached_bases(run, input_size)
+        key = f"r{len(self.store_keys)}"
+        if keep:
+            self.store_keys[run.checkpoint] = key
+
+        def stored_bases(indices):  # [B,K,h,w] straight (and mirrored) base maps of these images
+            maps = [torch.stack([self.store.get(k, i) for k in cached], dim=1) for i in indices]
+            straight = torch.stack([m[0] for m in maps]).to(self.device)
+            return straight, torch.stack([m[1] for m in maps]).to(self.device) if self.flip else None
+
+        acc = MetricAccumulator(min_depth=self.min_depth, max_depth=self.max_depth, eigen_crop=self.eigen_crop)
+        names = []
+        for p in predictions(model, self.dataset, device=self.device, input_size=input_size, flip=self.flip,
+                             cached_bases=stored_bases if cached is not None else None):
+            acc.update(p.depth, p.gt, name=p.name)
+            names.append(p.name)
+            if keep:
+                maps = [p.outputs["depth"]] + ([p.mirrored] if self.flip else [])
+                self.store.put(key, p.index, torch.cat(maps).float().cpu())
+            if p.index in self.figure_indices:
+                self._keep_figure(run, p, model)
+            if self.progress is not None:
+                self.progress(1)
+        self._check_order(names)
+        cost = {"input_size": list(input_size) if input_size else list(self.dataset.gt_size()),
+                "params": params, "train_seconds": _train_seconds(run)}
+        if self.measure:
+            size = cost["input_size"]
+            cost["gmacs"] = count_gmacs(model, size)
+            cost.update(measure_latency(model, size, device=self.device, repeats=self.repeats))
+        return per_image_arrays(acc), cost
+
+    def _keep_figure(self, run: RunInfo, p, model) -> None:
+        """Keep one figure image (a `Prediction`): RGB and GT once, this run's depth (and
+        weights) at GT size."""
+        f = self.figures
+        if p.name not in f["names"]:
+            f["names"].append(str(p.name))
+            f["rgb"].append(p.rgb.float())
+            f["gt"].append(p.gt[0].float())
+        size = tuple(p.gt.shape[-2:])
+        up = F.interpolate(p.depth[None].float(), size=size, mode="bilinear", align_corners=False)
+        f["pred"].setdefault(str(run.path), []).append(up[0, 0].clamp(self.min_depth, self.max_depth))
+        if "weights" in p.outputs:
+            w = F.interpolate(p.outputs["weights"][None].float().cpu(), size=size, mode="bilinear",
+                              align_corners=False)[0]
+            f["weights"].setdefault(str(run.path), []).append(w)
+            f["weight_names"][str(run.path)] = list(getattr(model, "names", []))
+
+    def _check_order(self, names: list[str]) -> None:
+        if self.image_names is None:
+            self.image_names = names
+        elif names != self.image_names:
+            raise DataError("the test split came back in a different order between runs")
+
+    def baseline_metrics(self, combiners: dict, keys: list[str]) -> dict[str, tuple[dict, list]]:
+        """{name: (per-image metrics, figure maps)} of averaging baselines over the stored maps of
+        the bases `keys` (no model pass): each base's map is upsampled to the GT size, then combined."""
+        accs = {name: MetricAccumulator(min_depth=self.min_depth, max_depth=self.max_depth, eigen_crop=self.eigen_crop)
+                for name in combiners}
+        figures = {name: [] for name in combiners}
+        for i, image in enumerate(self.image_names):
+            gt = self.dataset[i]["depth"]
+            size = tuple(gt.shape[-2:])
+            maps = torch.cat([F.interpolate(self.store.tta(k, i)[None], size=size, mode="bilinear",
+                                            align_corners=False)[0] for k in keys])[None]
+            for name, combine in combiners.items():
+                depth = combine(maps, gt[None])
+                accs[name].update(depth[0], gt, name=image)
+                if i in self.figure_indices:
+                    figures[name].append(depth[0, 0].clamp(self.min_depth, self.max_depth))
+        return {name: (per_image_arrays(accs[name]), figures[name]) for name in combiners}
+
+
+def per_image_arrays(acc: MetricAccumulator) -> dict[str, np.ndarray]:
+    """{metric: [N] per-image values} of an accumulator, in update order."""
+    return {k: np.array([r[k] for r in acc.per_image]) for k in METRIC_KEYS}
+
+
+def _base_sets(base_runs: list[RunInfo], meta_runs: list[RunInfo], identity) -> list[list[RunInfo]]:
+    """The sets of bases the baselines average: each distinct set the meta runs reference;
+    with no meta run, one set per seed all base groups share (else each group's first run)."""
+    by_checkpoint = {r.checkpoint: r for r in base_runs}
+    sets: list[list[RunInfo]] = []
+    for m in meta_runs:  # the same bases in another order are the same set (not a second seed)
+        members = [by_checkpoint[Path(r["run"]).resolve()] for r in m.cfg[runs_mod.RECORD]["bases"] if r.get("run")]
+        if members and {r.path for r in members} not in [{r.path for r in s} for s in sets]:
+            sets.append(members)
+    if sets or not base_runs:
+        return sets
+    groups: dict[str, list[RunInfo]] = {}
+    for r in base_runs:
+        groups.setdefault(identity(r), []).append(r)
+    common = set.intersection(*({r.seed for r in g} for g in groups.values()))
+    if common:
+        return [[next(r for r in g if r.seed == s) for g in groups.values()] for s in sorted(common)]
+    return [[sorted(g, key=lambda r: r.seed)[0] for g in groups.values()]]
+
+
+def _load_infos(paths: list[str | Path]) -> list[RunInfo]:
+    """The runs asked for plus the base runs their meta runs reference (needed for the baselines)."""
+    infos: list[RunInfo] = []
+    for p in paths:
+        info = read_run(p)
+        if info.checkpoint not in {r.checkpoint for r in infos}:
+            infos.append(info)
+    seen = {r.checkpoint for r in infos}
+    for m in [r for r in infos if r.kind == "meta"]:
+        for r in m.cfg[runs_mod.RECORD]["bases"]:
+            if not r.get("run"):
+                continue
+            path = Path(r["run"]).resolve()
+            if path in seen:
+                continue
+            if not path.is_file():
+                raise CheckpointError(f"base {r['name']!r} of meta run {m.path.name} is gone (needed for its "
+                                      f"baselines)", path)
+            seen.add(path)
+            infos.append(read_run(path))
+    return infos
+
+
+def compare_runs(paths: list[str | Path], *, data: str | None = None, split: str = "test", flip: bool = False,
+                 baselines=BASELINE_NAMES, bootstrap: int = 0, bootstrap_seed: int = 0, device="auto",
+                 measure: bool = True, repeats: int = 10, figure_images: int = 3, progress: bool = False,
+                 say=None) -> Comparison:
+    """Evaluate the runs in `paths` (+ the bases their meta runs reference) once on `split` of
+    `data` (default: the data they were trained on; all must agree) and build the comparison:
+    per-image metrics, baselines over the bases, grouping by seed, costs (measure=True:
+    GMACs and latency on `device`), the paired bootstrap (bootstrap = resamples, 0 = none)."""
+    from ensemble_mde.data import build_dataset, eigen_crop_default
+    from ensemble_mde.device import resolve_device
+    from ensemble_mde.progress import task_progress
+
+    say = say or (lambda *a: None)
+    unknown = [b for b in baselines if b not in BASELINE_NAMES]
+    if unknown:
+        raise ConfigError(f"unknown baseline {unknown[0]!r}; choose from {', '.join(BASELINE_NAMES)}", "--baselines")
+    infos = _load_infos(paths)
+    if not infos:
+        raise ConfigError("no run to compare", "runs")
+    for r in infos:
+        if r.log_skipped:
+            lines = ", ".join(map(str, r.log_skipped[:5])) + (" ..." if len(r.log_skipped) > 5 else "")
+            say(f"warning: {r.path / 'metrics.jsonl'}: skipped line(s) {lines}, not valid JSON (a half-written "
+                "line is what a crash leaves)")
+    trained = [r for r in infos if has_training_data(r.cfg)]  # imported runs were trained on no data of ours
+    if data is None:
+        identities = {}
+        for r in trained:
+            identities.setdefault(data_identity(r.cfg), []).append(r.path.name)
+        if len(identities) > 1:
+            listing = "; ".join(f"{ident[0]} ({', '.join(names)})" for ident, names in identities.items())
+            raise ConfigError(f"the runs were trained on different data: {listing}; pass --data PATH", "--data")
+    device = resolve_device(device)
+    eval_cfg = evaluation_config((trained or infos)[0].cfg, data=data)
+    dataset = build_dataset(eval_cfg, split, augment=False)
+    eigen = eigen_crop_default(eval_cfg["data"], dataset)
+    min_depth, max_depth = float(eval_cfg["data"]["min_depth"]), float(eval_cfg["data"]["max_depth"])
+
+    base_runs = [r for r in infos if r.kind == "base"]
+    meta_runs = [r for r in infos if r.kind == "meta"]
+    base_ids = {r.checkpoint: config_identity(r.cfg) for r in base_runs}
+
+    def base_identity(entry: dict):
+        path = Path(entry["run"]).resolve() if entry.get("run") else None
+        return base_ids.get(path, json.dumps(entry.get("model"), sort_keys=True))
+
+    def identity(run: RunInfo) -> str:
+        return base_ids[run.checkpoint] if run.kind == "base" else config_identity(run.cfg, base_identity)
+
+    sets = _base_sets(base_runs, meta_runs, identity)
+    keep = {r.checkpoint for s in sets for r in s}
+    measured: dict[str, dict] = {}     # group -> the cost measured on its first run
+
+    passes = EvaluationPass(base_runs + meta_runs, dataset, device=device, flip=flip, eigen_crop=eigen,
+                            min_depth=min_depth, max_depth=max_depth, figure_images=figure_images,
+                            measure=measure, repeats=repeats)
+    results: list[RunResult] = []
+    train_seconds = {r.checkpoint: _train_seconds(r) for r in base_runs}
+    base_order = {r.checkpoint: i for i, r in enumerate(r for s in sets for r in s)}
+    try:
+        with task_progress(progress) as bar:
+            task = bar.add_task("compare", total=len(dataset) * (len(base_runs) + len(meta_runs)))
+            passes.progress = lambda n: bar.advance(task, n)
+            for run in base_runs + meta_runs:
+                bar.update(task, description=f"predict {run.path.name}")
+                group = identity(run)
+                passes.measure = measure and group not in measured  # once per group of seeds
+                per_image, cost = passes.predict_run(run, keep=run.checkpoint in keep)
+                if measure:
+                    measured.setdefault(group, cost)
+                    cost.update({k: measured[group][k] for k in ("gmacs", "latency_ms", "fps")})
+                if run.kind == "meta":
+                    bases = [Path(r["run"]).resolve() for r in run.cfg[runs_mod.RECORD]["bases"] if r.get("run")]
+                    before = [train_seconds.get(b) for b in bases]
+                    own = cost["train_seconds"]
+                    if run.cfg["ensemble"]["mode"] == "simultaneous":
+                        cost["train_seconds_total"] = own
+                    elif own is not None and all(t is not None for t in before):
+                        cost["train_seconds_total"] = own + sum(before)
+                    order = (INPUT_ORDER.get(run.cfg["meta"]["inputs"], 9), MODE_ORDER.get(
+                        run.cfg["ensemble"]["mode"], 9))
+                else:
+                    cost["train_seconds_total"] = cost["train_seconds"]
+                    order = (base_order.get(run.checkpoint, len(base_order)),)
+                results.append(RunResult(_variant_name(run), run.kind, str(run.path), run.seed, identity(run),
+                                         per_image, order=order, cost=cost))
+            bar.update(task, description="baselines")
+            figures_baseline = _baselines(passes, sets, results, baselines, identity, say)
+    finally:
+        passes.store.close()
+    variants = group_by_seed(results)
+    figures = passes.figures
+    figures["baseline"] = figures_baseline
+    data_name = "/".join(Path(eval_cfg["data"]["path"]).parts[-2:])
+    info = {"data": eval_cfg["data"]["path"], "split": split,
+            "data_name": f"synthetic {data_name}" if dataset.is_synthetic else data_name,
+            "n_images": len(dataset), "eigen_crop": eigen, "flip": flip, "device": str(device),
+            "device_name": device_name(device), "max_depth": max_depth, "min_depth": min_depth}
+    comparison = Comparison(variants, passes.image_names, info, figures=figures, run_infos=infos,
+                            reference=next((v.name for v in variants if v.kind == "baseline"
+                                            and v.results[0].run.startswith("mean:")), None))
+    if bootstrap:
+        comparison.run_bootstrap(bootstrap, bootstrap_seed)
+    return comparison
+
+
+def _baselines(passes: EvaluationPass, sets, results: list[RunResult], names, identity, say) -> list:
+    """Append baseline results for every base set to `results` (sets of equal composition
+    are seeds of one baseline); returns the first set's mean-baseline maps of the figure images."""
+    from meta_learner import baselines
+
+    by_run = {r.run: r for r in results}
+    compositions = [tuple(sorted(identity(r) for r in s)) for s in sets]
+    several = len(set(compositions)) > 1
+    figure = []
+    for s, composition in zip(sets, compositions):
+        members = [by_run[str(r.path)] for r in s]
+        combiners = {}
+        for kind in names:
+            if kind == "weighted":
+                val_rmse = [validation_rmse(r) for r in s]
+                if any(v is None for v in val_rmse):
+                    missing = [r.path.name for r, v in zip(s, val_rmse) if v is None]
+                    say(f"weighted baseline skipped: no validation RMSE for {', '.join(missing)}")
+                    continue
+                combiners[kind] = baselines.WeightedEnsemble(val_rmse)
+            elif baselines.BASELINES[kind].needs_gt:
+                combiners[kind] = baselines.BASELINES[kind](passes.min_depth, passes.max_depth)
+            else:
+                combiners[kind] = baselines.BASELINES[kind]()
+        scored = passes.baseline_metrics(combiners, [passes.store_keys[r.checkpoint] for r in s])
+        cost = _sum_costs([m.cost for m in members])
+        learners = "+".join(m.name for m in members)
+        for kind, (per_image, maps) in scored.items():
+            if kind == "mean" and not figure:
+                figure = maps
+            results.append(RunResult(BASELINE_LABELS[kind] + (f" ({learners})" if several else ""), "baseline",
+                                     f"{kind}:" + "+".join(m.run for m in members), min(m.seed for m in members),
+                                     f"{kind}|{composition}", per_image,
+                                     upper_bound=baselines.BASELINES[kind].upper_bound,
+                                     order=(BASELINE_NAMES.index(kind),), cost=dict(cost)))
+    return figure
+
+
+def _sum_costs(costs: list[dict]) -> dict:
+    out = {}
+    for key in ("params", "gmacs", "latency_ms", "train_seconds", "train_seconds_total"):
+        values = [c.get(key) for c in costs]
+        out[key] = sum(values) if values and all(v is not None for v in values) else None
+    out["fps"] = 1000.0 / out["latency_ms"] if out.get("latency_ms") else None
+    sizes = {tuple(c["input_size"]) for c in costs if c.get("input_size")}
+    out["input_size"] = list(sizes.pop()) if len(sizes) == 1 else None
+    return out

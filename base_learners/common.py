@@ -1,6 +1,6 @@
 """What every base learner shares: the interface, ImageNet normalisation, padding.
 
-Interface (DESIGN.md §2): `forward(rgb [B,3,H,W] in [0,1]) -> {"depth": [B,1,H,W] metres at
+Interface (docs/design.md §2): `forward(rgb [B,3,H,W] in [0,1]) -> {"depth": [B,1,H,W] metres at
 the input resolution, ...auxiliaries}`; `loss(outputs, batch) -> {named terms..., "total"}`;
 `selectable_layers() -> {name: module}` in forward order, for selectivity hooks.
 """

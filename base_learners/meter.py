@@ -14,15 +14,15 @@ Facts taken from the official code (our own implementation):
 - Decoder: 1x1 conv, three blocks of ConvTranspose3x3 s2 -> concat skip -> sep conv ->
   ReLU, then a 3x3 conv to one channel without bias. Native output: 1/4 of the input.
 - The official model outputs centimetres; this module outputs metres (official weights
-  are converted on import: ensemble_mde.weights scales `decoder.conv2d_out.weight`).
+  are converted on import: see OFFICIAL_RELEASE).
 
 Input: rgb [B,3,H,W] in [0,1]; ImageNet normalisation happens inside unless
 `imagenet_norm=False`. The official weights expect it: on 10 real NYU test frames (640x480,
 official split, Eigen crop, 192x256 input) the official METER-XXS code scores RMSE 0.564 /
 REL 0.176 / d1 0.730 with RGB/255 normalised by the ImageNet mean/std (the paper's full
-test set: 0.580 / 0.174 / 0.744) and 1.068 / 0.203 / 0.647 on plain [0,1] input (DESIGN.md
-§5), so `ensemble_mde.weights` imports them with `imagenet_norm: true`. H and W are
-replicate-padded to a multiple of 64 (five stride-2 stages, then 2x2 patches at 1/32).
+test set: 0.580 / 0.174 / 0.744) and 1.068 / 0.203 / 0.647 on plain [0,1] input, so they
+are imported with `imagenet_norm: true`. H and W are replicate-padded to a multiple of 64
+(five stride-2 stages, then 2x2 patches at 1/32).
 
 Cost at 192x256 (`ensemble profile meter_xxs --size 192x256`): parameters exactly as
 published (713,464 / 1,449,760 / 3,295,168). torch.utils.flop_counter gives 0.223 / 0.629 /
@@ -54,6 +54,12 @@ INPUT_MULTIPLE = 64
 ATTENTION_HEADS = 4
 HEAD_DIM = 8
 PATCH = 2
+# How the official releases differ from this module, for `ensemble import-weights`:
+# `to_metres` {state_dict key: factor} turns their centimetres into metres (the last conv is
+# linear and bias-free, so scaling its weight scales the output); `input_size` [H, W] they
+# were trained and evaluated at; `model` the constructor arguments they need.
+OFFICIAL_RELEASE = {"to_metres": {"decoder.conv2d_out.weight": 0.01}, "input_size": [192, 256],
+                    "model": {"imagenet_norm": True}}
 
 
 class SeparableConv(nn.Module):

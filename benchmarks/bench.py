@@ -1,4 +1,4 @@
-"""The benchmark suite (DESIGN.md §9): one table, one JSON, every figure measured in this run.
+"""The benchmark suite (docs/design.md §9): one table, one JSON, every figure measured in this run.
 
 For each base learner, the weighting U-Net alone, the simple average of the bases and the
 stacked ensemble (rgb+d), at each size: params, GMACs, latency at batch 1, throughput at

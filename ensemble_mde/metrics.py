@@ -1,4 +1,4 @@
-"""NYU Depth V2 evaluation protocol (DESIGN.md §4), as BTS and AdaBins `compute_errors` do it.
+"""NYU Depth V2 evaluation protocol (docs/design.md §4), as BTS and AdaBins `compute_errors` do it.
 
 Per image, over valid pixels (p = prediction, g = ground truth, metres; log natural):
 d1/d2/d3 = fraction of max(p/g, g/p) < 1.25, 1.25^2, 1.25^3; abs_rel = mean(|p-g|/g);

@@ -1,4 +1,4 @@
-"""Model cost: parameters, mult-adds, latency and FPS (DESIGN.md §9).
+"""Model cost: parameters, mult-adds, latency and FPS (docs/design.md §9).
 
 Mult-adds are counted with `torch.utils.flop_counter.FlopCounterMode` over one forward
 pass under no_grad, as flops / 2 (one multiply-add = 2 flops). The input is rgb

@@ -2,19 +2,19 @@
 
 - `keep_freed_memory()`: glibc returns every large freed block to the kernel and maps it
   again on the next allocation; a 416x544 forward pass then spends most of its time in page
-  faults. Keeping freed memory in the heap (mallopt) made LDRN 2.9x and BTS 2.2x faster on
-  CPU. The heap is never trimmed, so a process keeps its peak memory for reuse (as PyTorch's
-  CUDA caching allocator does): a 1 GiB trim threshold still left three bases at batch 16
-  re-faulting 2.8M pages a pass (2x slower per frame). Called once by the CLI; a no-op off
-  glibc. ENSEMBLE_MDE_MALLOC=system leaves the allocator alone.
+  faults. Keeping freed memory in the heap (mallopt) removes those faults and made LDRN and
+  BTS passes more than twice as fast on CPU. The heap is never trimmed, so a process keeps its
+  peak memory for reuse (as PyTorch's CUDA caching allocator does): a trim threshold, even a
+  large one, left three bases at batch 16 re-faulting on every pass.
+  Called once by the CLI; a no-op off glibc. ENSEMBLE_MDE_MALLOC=system leaves the allocator alone.
 - `prepare_for_inference(model)`: BatchNorm folded into the convolution before it (eval
   only) and channels_last weights (oneDNN's preferred layout on CPU, Tensor Cores' on CUDA;
   a contiguous input is converted by the first convolution at no measurable cost). Outputs
   equal the plain path's to float32 rounding (tests/test_speed.py).
 - torch.compile stays opt-in (`--compile`): minutes of compilation on a 2-core CPU. It
   compiles with inductor's freezing (weights become constants, folded and pre-packed for
-  oneDNN): the meta-learner at 416x544 on CPU 24-27 -> 22-23 ms, against no steady gain
-  without freezing (benchmarks/NOTES.md).
+  oneDNN): a steady gain for the meta-learner at 416x544 on CPU, where compiling without
+  freezing gave none.
 """
 
 from __future__ import annotations

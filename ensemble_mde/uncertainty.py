@@ -1,6 +1,6 @@
 """Per-pixel ensemble uncertainty and its calibration by sparsification (AUSE).
 
-Uncertainty of an ensemble (DESIGN.md §7): sigma = sqrt(sum_k W_k (D_k - D)^2), the spread
+Uncertainty of an ensemble (docs/design.md §7): sigma = sqrt(sum_k W_k (D_k - D)^2), the spread
 of the K base depths around the ensemble depth D under the ensemble's weights W (1/K for the
 simple average): `ensemble_sigma`.
 

@@ -2,12 +2,10 @@
 so that `loading.load_run`, `evaluate`, `compare` and the meta-learner use them like any run.
 
 Supported: the METER releases (lorenzopapa5/METER, `build_model_best_nyu_xxs` ...): plain
-state_dicts whose keys match `base_learners.meter` exactly. The official network outputs
-centimetres; ours outputs metres, so `decoder.conv2d_out.weight` (the last, bias-free,
-linear layer) is multiplied by 0.01. The official models were trained and evaluated at
-192x256 on RGB/255 normalised with the ImageNet mean/std (see base_learners/meter.py), so
-the run sets `model.imagenet_norm: true` and records the input size [192, 256], and
-evaluation resizes inputs to it.
+state_dicts whose keys match `base_learners.meter` exactly. How a release differs from our
+module (centimetres, input size, ImageNet normalisation) is `base_learners.meter.
+OFFICIAL_RELEASE`: the import scales the output layer to metres, sets the model arguments
+and records the input size, which evaluation then resizes inputs to.
 """
 
 from __future__ import annotations
@@ -16,18 +14,15 @@ from pathlib import Path
 
 import torch
 
+from base_learners import meter
 from ensemble_mde import config as config_mod
 from ensemble_mde import runs
 from ensemble_mde.errors import CheckpointError
 from ensemble_mde.io import atomic_save, load_checkpoint
 from ensemble_mde.loading import build_learner
 
-# learner -> how its official release differs from our learner: `to_metres` {state_dict
-# key: factor} turns the official output unit into metres; `input_size` [H, W] it expects;
-# `model` the constructor arguments it needs.
-METER_RELEASE = {"to_metres": {"decoder.conv2d_out.weight": 0.01}, "input_size": [192, 256],
-                 "model": {"imagenet_norm": True}}
-OFFICIAL_RELEASES = {"meter_xxs": METER_RELEASE, "meter_xs": METER_RELEASE, "meter_s": METER_RELEASE}
+# learner -> how its official release differs from our learner (the facts live beside the model)
+OFFICIAL_RELEASES = {f"meter_{variant}": meter.OFFICIAL_RELEASE for variant in meter.VARIANTS}
 NESTED_KEYS = ("model", "state_dict")
 
 

@@ -1,4 +1,4 @@
-"""Averaging baselines every comparison reports next to the stacked ensembles (DESIGN.md §7).
+"""Averaging baselines every comparison reports next to the stacked ensembles (docs/design.md §7).
 
 One interface: `forward(base_depths [B,K,H,W] metres, gt [B,1,H,W] | None) -> depth [B,1,H,W]`.
 

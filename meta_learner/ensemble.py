@@ -1,7 +1,7 @@
 """The stacked ensemble: K base learners and the weighting network; depth = sum_k W_k * D_k
 (or, with the relaxed head, the network's own depth).
 
-Modes (DESIGN.md §7):
+Modes (docs/design.md §7):
 - "freeze": bases fixed in eval mode (no gradients); only the meta-learner trains. Base
   depths usually come from the prediction cache (`forward(rgb, base_depths=...)`).
 - "finetune": bases start from their checkpoints and train with the meta-learner, at a

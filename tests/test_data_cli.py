@@ -2,7 +2,6 @@
 one line `error: <path>: <problem>`, with no output file left behind."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -1,4 +1,4 @@
-"""Readers and splits on small files written here in each exact format (DESIGN.md §3).
+"""Readers and splits on small files written here in each exact format (docs/design.md §3).
 
 The writers at the top (write_densedepth, write_labeled_mat, write_bts) are shared with
 test_augment.py and test_data_cli.py."""

@@ -1,7 +1,6 @@
 """METER: official layout (parameter counts, key names, hook order), output in metres at
 the input resolution, and the official-weight import into a run folder."""
 
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -70,7 +70,7 @@ def test_simultaneous_accepts_learner_names(synth_root, tmp_path):
 
 
 def test_freeze_mode_never_runs_the_bases_after_filling_the_cache(bases, synth_root, tmp_path, monkeypatch):
-    """DESIGN §7: meta epochs do not re-run frozen bases, validation included. The val split
+    """docs/design.md §7: meta epochs do not re-run frozen bases, validation included. The val split
     gets its own cache, and scoring from it matches running the bases (float16 tolerance)."""
     from ensemble_mde.data import build_dataset
     from ensemble_mde.evaluation import evaluate_model

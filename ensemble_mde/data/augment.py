@@ -1,5 +1,5 @@
 """Training augmentation, the BTS/AdaBins recipe as the SG study's loader applies it
-(DESIGN.md §3, §8; sincostanx/Undergrad-Thesis dataloader.py).
+(docs/design.md §3, §8; sincostanx/Undergrad-Thesis dataloader.py).
 
 In order: a pre-crop to `precrop` (auto: BTS's box (43, 45, 608, 472) of a 480x640 NYU frame,
 whose border has no registered depth; scaled to the frame; real data only), random rotation

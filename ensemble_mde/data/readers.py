@@ -1,4 +1,4 @@
-"""Readers for the NYU Depth V2 layouts of DESIGN.md §3: image decoding, file access in a
+"""Readers for the NYU Depth V2 layouts of docs/design.md §3: image decoding, file access in a
 folder or straight from a zip, list/CSV parsing, the labeled .mat, and format detection.
 
 Every problem a user's files can cause is a DataError whose message names the file.

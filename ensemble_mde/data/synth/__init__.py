@@ -1,4 +1,4 @@
-"""Synthetic NYU-like indoor scenes: the embedded default dataset (DESIGN.md §3).
+"""Synthetic NYU-like indoor scenes: the embedded default dataset (docs/design.md §3).
 
 A room is a box of random size holding furniture-like boxes (against the walls, or
 free-standing and rotated about the vertical axis; tables are a top and four legs),

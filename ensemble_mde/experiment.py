@@ -13,8 +13,11 @@ File layout (every key optional except `bases`; see configs/experiments/demo.yam
       synth: {train: 96, val: 16, test: 24, size: [64, 96], seed: 0}   # rendered into <out>/data
     bases:                     # one run per learner and seed: <out>/runs/<run_name or name>[_s<seed>]
       - {name: adabins, preset: cpu, overrides: {train.epochs: 2}, seeds: [0]}
+      - {name: bts, run_name: bts_cv, set: {folds: 3, partition_seed: 0}}   # a set (training/sets.py):
+                                # set: {seeds: [0, 1, 2]} | {folds: K} | {holdout: F}, in <out>/runs/<label>
     meta:                      # one run per variant and seed, over the bases of the same seed
-      - {inputs: rgb+d, mode: freeze, bases: null, preset: null, overrides: {}, seeds: [0]}
+      - {inputs: rgb+d, mode: freeze, bases: null, preset: null, overrides: {}, seeds: [0],
+         stacking: in-sample, oof_test: full}   # bases: labels, a set's label, or label/member (bts_cv/full)
     compare: {split: test, baselines: [mean, median, weighted, oracle, convex], bootstrap: 1000}
 
 Steps run through the Python API (ensemble_mde.training.base, ensemble_mde.training.meta). Each
@@ -50,9 +53,11 @@ SCHEMA = {
                 "silog": False},
 }
 SYNTH_SCHEMA = {"train": 2000, "val": 200, "test": 200, "size": [240, 320], "seed": 0}
-BASE_SCHEMA = {"name": None, "run_name": None, "preset": None, "config": None, "overrides": None, "seeds": [0]}
+BASE_SCHEMA = {"name": None, "run_name": None, "preset": None, "config": None, "overrides": None, "seeds": [0],
+               "set": None}
+SET_SCHEMA = {"seeds": None, "folds": None, "holdout": None, "partition_seed": 0}
 META_SCHEMA = {"inputs": "rgb+d", "mode": "freeze", "bases": None, "run_name": None, "preset": None,
-               "config": None, "overrides": None, "seeds": [0]}
+               "config": None, "overrides": None, "seeds": [0], "stacking": "in-sample", "oof_test": "full"}
 # What the keys accept beyond their type (the form of configs/rules.yaml).
 NAME = {"type": "str", "nullable": True}
 RULES = {"name": {"type": "str"}, "out": NAME, "device": {"type": "str"}, "data": {"path": NAME},
@@ -62,7 +67,8 @@ SYNTH_RULES = {"train": {"min": 1}, "val": {"min": 0}, "test": {"min": 0}, "seed
 SEEDS = {"of": "int", "min": 0}
 BASE_RULES = {"name": {"type": "str"}, "run_name": NAME, "preset": NAME, "config": NAME, "seeds": SEEDS}
 META_RULES = {"run_name": NAME, "preset": NAME, "config": NAME, "bases": {"type": "list", "nullable": True},
-              "seeds": SEEDS}
+              "seeds": SEEDS, "stacking": {"choices": ["in-sample", "holdout", "oof"]},
+              "oof_test": {"choices": ["full", "folds"]}}
 STEPS_FILE = "steps.json"  # <out>/steps.json: {step label: the inputs it was started with}
 NOT_AN_INPUT = ("run.device", "data.workers", "ensemble.cache_dir")  # where or how fast, not what is learnt
 
@@ -152,7 +158,14 @@ def training_inputs(cfg: dict, data_cfg: dict, base_runs: dict[str, Path] | None
     config = copy.deepcopy(cfg)
     for key in NOT_AN_INPUT:
         config_mod.drop_key(config, key)
-    bases = {label: file_sha256(resolve_checkpoint(run)) for label, run in (base_runs or {}).items()}
+    from ensemble_mde.training.sets import member_runs, read_set
+
+    def sha(run: Path) -> str:  # a set: all its members' checkpoints
+        if read_set(run) is None:
+            return file_sha256(resolve_checkpoint(run))
+        return ",".join(file_sha256(resolve_checkpoint(m)) for m in member_runs(run))
+
+    bases = {label: sha(Path(run)) for label, run in (base_runs or {}).items()}
     return {"config": config, "data": data_fingerprint(data_cfg), "bases": bases}
 
 
@@ -186,6 +199,32 @@ def run_status(run_dir: Path) -> str:
     return "resume" if (run_dir / "last.pt").is_file() else "new"
 
 
+def set_status(folder: Path, spec) -> str:
+    """done when every member of the set `spec` in `folder` is finished, resume when it has begun."""
+    statuses = [run_status(folder / member) for member, _ in spec.members()]
+    if all(st == "done" for st in statuses):
+        return "done"
+    return "resume" if folder.is_dir() else "new"
+
+
+def set_spec(entry: dict, where: str):
+    """The SetSpec of a base entry's `set:` mapping ({seeds: [...]} | {folds: K} | {holdout: F},
+    partition_seed), or None."""
+    from ensemble_mde.training.sets import SetSpec
+
+    if entry["set"] is None:
+        return None
+    made = _checked(entry["set"], SET_SCHEMA, f"{where}.set", {"partition_seed": {"min": 0}})
+    kinds = [k for k in ("seeds", "folds", "holdout") if made[k] is not None]
+    if len(kinds) != 1:
+        raise ConfigError(f"{where}.set: give one of seeds, folds, holdout (got {', '.join(kinds) or 'none'})",
+                          f"{where}.set")
+    value = made[kinds[0]]
+    return SetSpec(kinds[0], seeds=list(value) if kinds[0] == "seeds" else [],
+                   folds=int(value) if kinds[0] == "folds" else 0,
+                   holdout=float(value) if kinds[0] == "holdout" else 0.0, partition_seed=int(made["partition_seed"]))
+
+
 def data_path(exp: dict) -> Path:
     return Path(exp["out"]) / "data" if exp["data"]["synth"] is not None else Path(exp["data"]["path"])
 
@@ -210,6 +249,7 @@ def plan(exp: dict, say=print) -> list[Step]:
     from ensemble_mde.runs import run_name
     from ensemble_mde.training.base import base_config, train_base
     from ensemble_mde.training.meta import meta_config, train_meta
+    from ensemble_mde.training.sets import train_base_set
 
     out = Path(exp["out"])
     runs_dir = out / "runs"
@@ -235,10 +275,34 @@ def plan(exp: dict, say=print) -> list[Step]:
 
     base_runs: dict[str, dict[int, Path]] = {}       # base label -> seed -> run folder
     base_data: dict[str, dict] = {}                  # base label -> the data section it trains on
+    sets: dict = {}                                  # base label -> SetSpec, for the bases that are sets
     for i, entry in enumerate(exp["bases"]):
         label = entry["run_name"] or entry["name"]
         if label in base_runs:
             raise ConfigError(f"two bases are called {label!r}; give one a run_name", f"bases[{i}].run_name")
+        spec = set_spec(entry, f"bases[{i}]")
+        if spec is not None:
+            overrides, settings = override_settings(entry["overrides"], f"bases[{i}].overrides")
+            settings += common + [config_mod.Setting("data.path", str(data), "experiment data")]
+            cfg = base_config(entry["name"], config_file=entry["config"], overrides=overrides, preset=entry["preset"],
+                              settings=settings)
+            run_dir = runs_dir / label
+            base_runs[label] = {0: run_dir}
+            sets[label] = spec
+
+            def train_set(step, progress, entry=entry, spec=spec, overrides=overrides, settings=settings,
+                          run_dir=run_dir):
+                train_base_set(entry["name"], spec, run_dir, config_file=entry["config"], overrides=overrides,
+                               preset=entry["preset"], settings=settings, resume=True, force=step.status == "stale",
+                               progress=progress, say=lambda *a: None)
+
+            def set_inputs(cfg=cfg, spec=spec):
+                return training_inputs({**cfg, "set": spec.describe()}, cfg["data"])
+
+            base_data[label] = cfg["data"]
+            steps.append(Step(f"train set {label} ({spec.kind})", "base", train_set, run_dir,
+                              set_status(run_dir, spec), inputs=set_inputs))
+            continue
         for seed in entry["seeds"]:
             name = _run_name(entry, entry["name"], seed)
             overrides, settings = override_settings(entry["overrides"], f"bases[{i}].overrides")
@@ -261,16 +325,25 @@ def plan(exp: dict, say=print) -> list[Step]:
 
     for i, entry in enumerate(exp["meta"]):
         chosen = entry["bases"] or list(base_runs)
+        members = {b: b.split("/", 1) for b in chosen if isinstance(b, str) and "/" in b}
+        for b, (label, member) in members.items():   # label/member: one member run of a set
+            if label not in sets or member not in [m for m, _ in sets[label].members()]:
+                raise ConfigError(f"meta[{i}].bases: {b!r} names no member of a set of this experiment",
+                                  f"meta[{i}].bases")
+            base_runs[b] = {0: base_runs[label][0] / member}
+            base_data[b] = base_data[label]
         unknown = [b for b in chosen if b not in base_runs]
         if unknown:
             raise ConfigError(f"meta[{i}].bases: {unknown[0]!r} is not a base of this experiment "
                               f"({', '.join(base_runs)})", f"meta[{i}].bases")
-        if len(chosen) < 2:
+        if len(chosen) < 2 and not any(b in sets for b in chosen):   # a set alone is a SAME/CV ensemble
             raise ConfigError(f"meta[{i}] stacks {len(chosen)} base; a stacked ensemble needs at least 2 bases",
                               f"meta[{i}].bases")
         for seed in entry["seeds"]:
             overrides, settings = override_settings(entry["overrides"], f"meta[{i}].overrides")
-            settings += common + [config_mod.Setting("run.seed", int(seed), f"meta[{i}].seeds")]
+            settings += common + [config_mod.Setting("run.seed", int(seed), f"meta[{i}].seeds"),
+                                  config_mod.Setting("ensemble.stacking", entry["stacking"], f"meta[{i}].stacking"),
+                                  config_mod.Setting("ensemble.oof_test", entry["oof_test"], f"meta[{i}].oof_test")]
             if entry["mode"] == "simultaneous":   # fresh bases train with the meta-learner from the start
                 bases = [next(b["name"] for b in exp["bases"] if (b["run_name"] or b["name"]) == label)
                          for label in chosen]
@@ -298,8 +371,9 @@ def plan(exp: dict, say=print) -> list[Step]:
             def inputs(cfg=cfg, trained=trained, data_cfg=base_data[chosen[0]]):
                 return training_inputs(cfg, data_cfg, trained)
 
-            steps.append(Step(f"train {name} (meta {entry['inputs']} {entry['mode']})", "meta", train, run_dir,
-                              run_status(run_dir), inputs=inputs))
+            protocol = "" if entry["stacking"] == "in-sample" else f" {entry['stacking']}"
+            steps.append(Step(f"train {name} (meta {entry['inputs']} {entry['mode']}{protocol})", "meta", train,
+                              run_dir, run_status(run_dir), inputs=inputs))
 
     run_dirs = [s.run_dir for s in steps if s.run_dir is not None]
 

@@ -58,37 +58,54 @@ def build_ensemble(cfg: dict, init_weights: bool = True):
     is loaded. Bases that come from a run get no initial weights (theirs replace them); fresh
     ones (simultaneous mode) get their config's, as does the meta-learner, when init_weights."""
     import base_learners
-    from meta_learner.ensemble import StackedEnsemble
+    from meta_learner.ensemble import MeanOfMembers, StackedEnsemble
     from meta_learner.weighting import build_weighting
 
     bases_record = cfg[runs.RECORD]["bases"]
-    bases = [base_learners.create(r["model"]["name"], **model_kwargs(
-        {"model": r["model"]}, init_weights=init_weights and not r["run"])) for r in bases_record]
+
+    def base(r):
+        def learner():
+            return base_learners.create(r["model"]["name"], **model_kwargs(
+                {"model": r["model"]}, init_weights=init_weights and not r["run"]))
+        return MeanOfMembers([learner() for _ in r["members"]]) if r.get("members") else learner()
+
+    bases = [base(r) for r in bases_record]
     meta = build_weighting(cfg, len(bases), init_weights)
     return StackedEnsemble(bases, meta, [r["name"] for r in bases_record], mode=cfg["ensemble"]["mode"],
                            min_depth=cfg["data"]["min_depth"], max_depth=cfg["data"]["max_depth"],
                            input_sizes=[r.get("input_size") for r in bases_record], grid_size=model_input_size(cfg))
 
 
+def base_checkpoints(r: dict, with_oof: bool = False) -> list[tuple[Path, str]]:
+    """(checkpoint, sha256) a base record entry is made of: its run, or the members it
+    averages; with_oof also the fold models that filled its out-of-fold cache."""
+    parts = r.get("members") or ([{"run": r["run"], "sha256": r["sha256"]}] if r.get("run") else [])
+    if with_oof and r.get("oof"):
+        parts = [*parts, *r["oof"]["members"]]
+    return [(Path(p["run"]), p["sha256"]) for p in parts]
+
+
 def load_base_weights(ensemble, bases_record: list[dict]) -> None:
-    """Copy each trained base's checkpoint weights into the ensemble (fresh names stay random)."""
+    """Copy each trained base's checkpoint weights into the ensemble (fresh names stay random;
+    a mean-of-members base loads each member)."""
     for base, r in zip(ensemble.bases, bases_record):
-        if r["run"]:
-            path = Path(r["run"])
-            runs.load_state(base, runs.read_checkpoint(path)["model"], path, r["model"]["name"])
+        models = list(base.members) if r.get("members") else [base]
+        for model, (path, _) in zip(models, base_checkpoints(r)):
+            runs.load_state(model, runs.read_checkpoint(path)["model"], path, r["model"]["name"])
 
 
 def check_bases_unchanged(cfg: dict) -> None:
-    """A freeze-mode ensemble is only valid with the exact base checkpoints it was trained on."""
+    """A freeze-mode ensemble is only valid with the exact base checkpoints it was trained on
+    (out-of-fold stacking: the fold models too)."""
     if cfg["ensemble"]["mode"] != "freeze":
         return  # finetune / simultaneous runs carry their own trained base weights
     for r in cfg[runs.RECORD]["bases"]:
-        path = Path(r["run"])
-        if not path.is_file():
-            raise CheckpointError(f"base {r['name']!r} checkpoint is gone; the meta run needs it unchanged", path)
-        if file_sha256(path) != r["sha256"]:
-            raise CheckpointError(f"base {r['name']!r} checkpoint changed since the meta-learner was trained "
-                                  f"(sha256 {r['sha256'][:12]}…); retrain the meta-learner or restore the base", path)
+        for path, sha in base_checkpoints(r, with_oof=True):
+            if not path.is_file():
+                raise CheckpointError(f"base {r['name']!r} checkpoint is gone; the meta run needs it unchanged", path)
+            if file_sha256(path) != sha:
+                raise CheckpointError(f"base {r['name']!r} checkpoint changed since the meta-learner was trained "
+                                      f"(sha256 {sha[:12]}…); retrain the meta-learner or restore the base", path)
 
 
 def load_meta_run(path: Path, ckpt: dict, device: torch.device | str = "cpu"):

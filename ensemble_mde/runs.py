@@ -175,8 +175,8 @@ def run_dir_for(cfg: dict, default_name: str) -> Path:
 
 def meta_variant(cfg: dict) -> list[str]:
     """What tells a meta variant apart, e.g. ["rgb+d", "freeze", "live", "mobilenetv2_100",
-    "relaxed"]: inputs and mode, then what differs from the study's network (a GhostNet
-    encoder, the softmax head) and from our cached freeze mode. `.get`: configs of runs
+    "relaxed", "oof"]: inputs and mode, then what differs from the study's network (a GhostNet
+    encoder, the softmax head), from our cached freeze mode and from in-sample stacking. `.get`: configs of runs
     made before these keys existed."""
     meta, ensemble = cfg["meta"], cfg["ensemble"]
     parts = [meta["inputs"], ensemble["mode"]]
@@ -186,6 +186,9 @@ def meta_variant(cfg: dict) -> list[str]:
         parts.append(meta["encoder"])
     if meta.get("head", "softmax") != "softmax":
         parts.append(meta["head"])
+    stacking = ensemble.get("stacking", "in-sample")
+    if stacking != "in-sample":
+        parts.append(stacking + ("-foldmean" if stacking == "oof" and ensemble.get("oof_test") == "folds" else ""))
     return parts
 
 

@@ -166,30 +166,33 @@ class PredictionCache:
 
     def fill(self, dataset, bases: list[torch.nn.Module], device: torch.device | str = "cpu", batch_size: int = 8,
              progress: bool = True, workers: int = 0, input_sizes: list | None = None,
-             label: str = "caching base predictions") -> "PredictionCache":
+             label: str = "caching base predictions", groups=None) -> "PredictionCache":
         """Run the bases (put in eval mode, on `device`) once over the un-augmented `dataset`
         and write their depths; does nothing when the cache is already complete. Base k sees
-        each frame resized to input_sizes[k] ([H, W] or None: the frame as it is). `label`
-        names the progress bar."""
+        each frame resized to input_sizes[k] ([H, W] or None: the frame as it is). groups:
+        [(dataset indices, the K models that predict them)] instead of `bases` for every frame
+        (out-of-fold stacking: fold k's frames by the fold-k models). `label` names the
+        progress bar."""
         if self.complete:
             return self
         require_unaugmented(dataset)
         self.close()
+        groups = groups if groups is not None else [(list(range(len(dataset))), list(bases))]
+        covered = sorted(i for indices, _ in groups for i in indices)
+        if covered != list(range(len(dataset))):
+            raise DataError(f"the cache groups cover {len(covered)} indices of {len(dataset)} frames, not each once",
+                            self.path)
         with exclusive_lock(self.lock_path, f"prediction cache {self.path}",
                             "wait until it is filled, then run this again"):
             self.complete = self._verify()  # filled by the process that held the lock before us
             if not self.complete:
                 for partial in self.path.parent.glob(f".{self.path.name}.*.partial"):
                     partial.unlink()  # left by a fill that died: no fill runs without the lock
-                self._write(dataset, bases, device, batch_size, progress, workers, input_sizes, label)
+                self._write(dataset, groups, device, batch_size, progress, workers, input_sizes, label)
         return self
 
     @torch.inference_mode()
-    def _write(self, dataset, bases, device, batch_size, progress, workers, input_sizes, label) -> None:
-        bases = [base.to(device).eval() for base in bases]
-        labels = [f"base {i}" for i in range(len(bases))]
-        loader = torch.utils.data.DataLoader(dataset, batch_size=int(batch_size), shuffle=False,
-                                             num_workers=int(workers), collate_fn=_collate_frames)
+    def _write(self, dataset, groups, device, batch_size, progress, workers, input_sizes, label) -> None:
         tmp = self.path.parent / f".{self.path.name}.{os.getpid()}.partial"
         try:
             with h5py.File(tmp, "w") as f, task_progress(progress) as bar:
@@ -199,19 +202,28 @@ class PredictionCache:
                 f.attrs["complete"] = False
                 names = f.create_dataset("names", shape=(len(dataset),), dtype=h5py.string_dtype("utf-8"))
                 depths = None
-                start = 0
-                for batch in loader:
-                    maps, _ = run_bases(bases, labels, batch["rgb"].to(device), input_sizes)
-                    if depths is None:
-                        k, h, w = maps.shape[1:]
-                        depths = f.create_dataset("depths", shape=(len(dataset), k, h, w), dtype="uint16",
-                                                  chunks=(1, k, h, w), shuffle=True, compression="gzip",
-                                                  compression_opts=GZIP_LEVEL)
-                    stop = start + maps.shape[0]
-                    depths[start:stop] = encode_rows(maps.float().cpu().numpy().astype(np.float16))
-                    names[start:stop] = batch["name"]
-                    start = stop
-                    bar.update(task, advance=maps.shape[0])
+                for indices, bases in groups:
+                    bases = [base.to(device).eval() for base in bases]
+                    labels = [f"base {i}" for i in range(len(bases))]
+                    indices = sorted(indices)  # h5py writes rows in increasing order
+                    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, indices),
+                                                         batch_size=int(batch_size), shuffle=False,
+                                                         num_workers=int(workers), collate_fn=_collate_frames)
+                    start = 0
+                    for batch in loader:
+                        maps, _ = run_bases(bases, labels, batch["rgb"].to(device), input_sizes)
+                        if depths is None:
+                            k, h, w = maps.shape[1:]
+                            depths = f.create_dataset("depths", shape=(len(dataset), k, h, w), dtype="uint16",
+                                                      chunks=(1, k, h, w), shuffle=True, compression="gzip",
+                                                      compression_opts=GZIP_LEVEL)
+                        rows = indices[start:start + maps.shape[0]]
+                        if rows[-1] - rows[0] == len(rows) - 1:  # consecutive: a slice, h5py's fast path
+                            rows = slice(rows[0], rows[-1] + 1)
+                        depths[rows] = encode_rows(maps.float().cpu().numpy().astype(np.float16))
+                        names[rows] = batch["name"]
+                        start += maps.shape[0]
+                        bar.update(task, advance=maps.shape[0])
                 if depths is None:
                     raise DataError("cannot cache predictions of an empty dataset")
                 f.attrs["complete"] = True

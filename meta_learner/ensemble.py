@@ -69,6 +69,18 @@ def run_bases(bases: nn.ModuleList, names: list[str], rgb: torch.Tensor, input_s
     return torch.cat(depths, dim=1), outputs
 
 
+class MeanOfMembers(nn.Module):
+    """Several trained models of one learner as one base: forward(rgb) -> {"depth": the mean
+    of their depths [B,1,H,W]} (a CV set at test time, --oof-test folds)."""
+
+    def __init__(self, members: list[nn.Module]):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, rgb: torch.Tensor) -> dict:
+        return {"depth": torch.stack([m(rgb)["depth"] for m in self.members]).mean(dim=0)}
+
+
 class StackedEnsemble(nn.Module):
     """forward(rgb [B,3,H,W] in [0,1], base_depths [B,K,H,W] | None) ->
     {"depth": [B,1,H,W], "weights": [B,K,H,W] (softmax head only), "base_depths": [B,K,H,W]}

@@ -23,6 +23,11 @@ def register(sub) -> None:
                       help="bases and meta-learner train together from the start")
     p.add_argument("--bases", metavar="RUN,RUN,...",
                    help="base run folders (simultaneous: also learner names); default: newest adabins, bts, ldrn runs")
+    p.add_argument("--stacking", choices=["in-sample", "holdout", "oof"],
+                   help="what the meta-learner trains on: the bases' own training frames (in-sample, the study's, "
+                        "default), held-out scenes (holdout: --holdout sets) or out-of-fold maps (oof: --folds sets)")
+    p.add_argument("--oof-test", choices=["full", "folds"], dest="oof_test",
+                   help="oof: each learner at test time is its full model (default) or the mean of its fold models")
     p.add_argument("--base-lr-factor", type=float, dest="base_lr_factor", help="finetune: base lr = lr x this")
     add_training_options(p)
     add_run_folder_options(p)
@@ -39,6 +44,9 @@ def cmd_train_meta(args) -> int:
     settings = flag_settings(args)
     if args.base_lr_factor is not None:
         settings.append(Setting("ensemble.base_lr_factor", args.base_lr_factor, "--base-lr-factor"))
+    for attr, key in (("stacking", "ensemble.stacking"), ("oof_test", "ensemble.oof_test")):
+        if getattr(args, attr) is not None:
+            settings.append(Setting(key, getattr(args, attr), "--" + attr.replace("_", "-")))
     bases = [b.strip() for b in args.bases.split(",") if b.strip()] if args.bases else None
     cfg = meta_config(inputs=args.inputs, mode=args.mode, bases=bases, config_file=args.config,
                       overrides=args.overrides, preset=args.preset, settings=settings)

@@ -23,7 +23,9 @@ tables), render (text formats), evaluate (the evaluation pass and the baselines:
 from ensemble_mde.compare.evaluate import BASELINE_NAMES, compare_runs
 from ensemble_mde.compare.render import print_tables, render, rich_table, table_dict
 from ensemble_mde.compare.report import write_report, write_tables
-from ensemble_mde.compare.tables import Comparison, accuracy_table, compute_table, significance_table
+from ensemble_mde.compare.tables import (Comparison, accuracy_table, compute_table, significance_table,
+                                         weights_table)
 
 __all__ = ["BASELINE_NAMES", "Comparison", "accuracy_table", "compare_runs", "compute_table", "print_tables",
-           "render", "rich_table", "significance_table", "table_dict", "write_report", "write_tables"]
+           "render", "rich_table", "significance_table", "table_dict", "weights_table", "write_report",
+           "write_tables"]

@@ -19,6 +19,7 @@ from ensemble_mde import runs as runs_mod
 from ensemble_mde.errors import CheckpointError, ConfigError, DataError
 from ensemble_mde.evaluation import evaluation_config, predictions
 from ensemble_mde.metrics import METRIC_KEYS, MetricAccumulator
+from ensemble_mde.training.sets import read_set, set_of_run
 
 BASELINE_NAMES = ("mean", "median", "weighted", "oracle", "convex")
 BASELINE_LABELS = {"mean": "Baseline (mean)", "median": "Median", "weighted": "Weighted (1/val RMSE)",
@@ -72,15 +73,48 @@ def device_name(device: torch.device) -> str:
     return f"CPU {cpu_model()}, {torch.get_num_threads()} threads"
 
 
+def record_checkpoint(entry: dict) -> Path | None:
+    """The one checkpoint a meta record's base entry is (None: a fresh base, or a mean of members)."""
+    return Path(entry["run"]).resolve() if entry.get("run") and not entry.get("members") else None
+
+
 def _variant_name(run: RunInfo) -> str:
+    """A base: its learner, with its set ([set] for a seed set, whose members are one row, else
+    [set/member]); a meta run: "SG" and its variant, with the set whose members it stacks."""
     if run.kind == "meta":
-        return "SG " + " ".join(runs_mod.meta_variant(run.cfg))
-    return str(run.cfg["model"]["name"])
+        folders = [Path(r["set"]["folder"]).name for r in run.cfg[runs_mod.RECORD]["bases"] if r.get("set")]
+        homogeneous = sorted({f for f in folders if folders.count(f) > 1})
+        return "SG " + " ".join(runs_mod.meta_variant(run.cfg)) + (f" [{'+'.join(homogeneous)}]" if homogeneous else "")
+    name = str(run.cfg["model"]["name"])
+    member = set_of_run(run.path)
+    if member is None:
+        return name
+    info = read_set(run.path.parent)
+    return f"{name} [{member[0]}]" if info["kind"] == "seeds" else f"{name} [{member[0]}/{member[1]}]"
+
+
+def _set_label(members: list[RunInfo], names: list[str]) -> str:
+    """What a baseline averages: [set] when it is all the members of one set, else the names."""
+    folders = {r.path.parent for r in members}
+    if len(folders) == 1 and all(set_of_run(r.path) for r in members):
+        folder = folders.pop()
+        return f"[{folder.name}]"
+    return "+".join(names)
+
+
+def _checkpoint_seconds(path: Path) -> float | None:
+    """train_seconds of the run a checkpoint belongs to (its summary.json), None if unknown."""
+    folder = runs_mod.RunFolder(path.parent)
+    return _train_seconds_of(folder.summary()) if folder.summary_file.is_file() else None
+
+
+def _train_seconds_of(summary: dict) -> float | None:
+    t = summary.get("train_seconds")
+    return float(t) if t is not None else None
 
 
 def _train_seconds(run: RunInfo) -> float | None:
-    t = run.summary.get("train_seconds")
-    return float(t) if t is not None else None
+    return _train_seconds_of(run.summary)
 
 
 class EvaluationPass:
@@ -107,6 +141,7 @@ class EvaluationPass:
         self.figures = {"indices": self.figure_indices, "names": [], "rgb": [], "gt": [], "pred": {}, "weights": {},
                         "weight_names": {}}
         self.image_names: list[str] | None = None
+        self.weight_stats: dict[str, dict] = {}   # run folder -> per-image weight statistics (weight_stats)
 
     def cached_bases(self, run: RunInfo, input_size) -> list[str] | None:
         """Store keys of a freeze-mode ensemble's bases when all were evaluated at its input size."""
@@ -116,8 +151,9 @@ class EvaluationPass:
             return None
         keys = []
         for r in run.cfg[runs_mod.RECORD]["bases"]:
-            key = self.store_keys.get(Path(r["run"]).resolve()) if r.get("run") else None
-            base = next((b for b in self.runs if b.checkpoint == Path(r["run"]).resolve()), None) if key else None
+            checkpoint = record_checkpoint(r)
+            key = self.store_keys.get(checkpoint) if checkpoint else None
+            base = next((b for b in self.runs if b.checkpoint == checkpoint), None) if key else None
             if key is None or base is None or model_input_size(base.cfg) != input_size:
                 return None
             keys.append(key)
@@ -145,7 +181,7 @@ class EvaluationPass:
             return straight, torch.stack([m[1] for m in maps]).to(self.device) if self.flip else None
 
         acc = MetricAccumulator(min_depth=self.min_depth, max_depth=self.max_depth, eigen_crop=self.eigen_crop)
-        names = []
+        names, stats = [], []
         for p in predictions(model, self.dataset, device=self.device, input_size=input_size, flip=self.flip,
                              cached_bases=stored_bases if cached is not None else None):
             acc.update(p.depth, p.gt, name=p.name)
@@ -153,11 +189,17 @@ class EvaluationPass:
             if keep:
                 maps = [p.outputs["depth"]] + ([p.mirrored] if self.flip else [])
                 self.store.put(key, p.index, torch.cat(maps).float().cpu())
+            if "weights" in p.outputs:
+                stats.append(weight_stats(p.outputs["weights"]))
             if p.index in self.figure_indices:
                 self._keep_figure(run, p, model)
             if self.progress is not None:
                 self.progress(1)
         self._check_order(names)
+        if stats:
+            self.weight_stats[str(run.path)] = {"pixel_std": np.array([st[0] for st in stats]),
+                                                "mean": np.stack([st[1] for st in stats]),
+                                                "names": list(getattr(model, "names", []))}
         cost = {"input_size": list(input_size) if input_size else list(self.dataset.gt_size()),
                 "params": params, "train_seconds": _train_seconds(run)}
         if self.measure:
@@ -208,6 +250,13 @@ class EvaluationPass:
         return {name: (per_image_arrays(accs[name]), figures[name]) for name in combiners}
 
 
+def weight_stats(weights: torch.Tensor) -> tuple[float, np.ndarray]:
+    """(per-pixel std of the weight maps over the image, averaged over learners; the mean
+    weight of each learner [K]) of one image's weights [K,H,W]."""
+    w = weights.float().flatten(1)
+    return float(w.std(dim=1, unbiased=False).mean()), w.mean(dim=1).cpu().numpy()
+
+
 def per_image_arrays(acc: MetricAccumulator) -> dict[str, np.ndarray]:
     """{metric: [N] per-image values} of an accumulator, in update order."""
     return {k: np.array([r[k] for r in acc.per_image]) for k in METRIC_KEYS}
@@ -219,7 +268,7 @@ def _base_sets(base_runs: list[RunInfo], meta_runs: list[RunInfo], identity) -> 
     by_checkpoint = {r.checkpoint: r for r in base_runs}
     sets: list[list[RunInfo]] = []
     for m in meta_runs:  # the same bases in another order are the same set (not a second seed)
-        members = [by_checkpoint[Path(r["run"]).resolve()] for r in m.cfg[runs_mod.RECORD]["bases"] if r.get("run")]
+        members = _meta_bases(m, by_checkpoint)
         if members and {r.path for r in members} not in [{r.path for r in s} for s in sets]:
             sets.append(members)
     if sets or not base_runs:
@@ -233,6 +282,12 @@ def _base_sets(base_runs: list[RunInfo], meta_runs: list[RunInfo], identity) -> 
     return [[sorted(g, key=lambda r: r.seed)[0] for g in groups.values()]]
 
 
+def _meta_bases(meta: RunInfo, by_checkpoint: dict) -> list[RunInfo]:
+    """The base runs a meta run stacks, those that are single checkpoints (not fresh, not a mean of members)."""
+    checkpoints = [record_checkpoint(r) for r in meta.cfg[runs_mod.RECORD]["bases"]]
+    return [by_checkpoint[c] for c in checkpoints if c is not None]
+
+
 def _load_infos(paths: list[str | Path]) -> list[RunInfo]:
     """The runs asked for plus the base runs their meta runs reference (needed for the baselines)."""
     infos: list[RunInfo] = []
@@ -243,10 +298,8 @@ def _load_infos(paths: list[str | Path]) -> list[RunInfo]:
     seen = {r.checkpoint for r in infos}
     for m in [r for r in infos if r.kind == "meta"]:
         for r in m.cfg[runs_mod.RECORD]["bases"]:
-            if not r.get("run"):
-                continue
-            path = Path(r["run"]).resolve()
-            if path in seen:
+            path = record_checkpoint(r)
+            if path is None or path in seen:
                 continue
             if not path.is_file():
                 raise CheckpointError(f"base {r['name']!r} of meta run {m.path.name} is gone (needed for its "
@@ -313,7 +366,6 @@ def compare_runs(paths: list[str | Path], *, data: str | None = None, split: str
                             min_depth=min_depth, max_depth=max_depth, figure_images=figure_images,
                             measure=measure, repeats=repeats)
     results: list[RunResult] = []
-    train_seconds = {r.checkpoint: _train_seconds(r) for r in base_runs}
     base_order = {r.checkpoint: i for i, r in enumerate(r for s in sets for r in s)}
     try:
         with task_progress(progress) as bar:
@@ -327,10 +379,16 @@ def compare_runs(paths: list[str | Path], *, data: str | None = None, split: str
                 if measure:
                     measured.setdefault(group, cost)
                     cost.update({k: measured[group][k] for k in ("gmacs", "latency_ms", "fps")})
+                reference = None
                 if run.kind == "meta":
-                    bases = [Path(r["run"]).resolve() for r in run.cfg[runs_mod.RECORD]["bases"] if r.get("run")]
-                    before = [train_seconds.get(b) for b in bases]
+                    from ensemble_mde.loading import base_checkpoints
+
+                    # every checkpoint the ensemble was made from: its bases, members, fold models
+                    before = [_checkpoint_seconds(path) for r in run.cfg[runs_mod.RECORD]["bases"]
+                              for path, _ in base_checkpoints(r, with_oof=True)]
                     own = cost["train_seconds"]
+                    members = _meta_bases(run, {r.checkpoint: r for r in base_runs})
+                    reference = "mean|" + repr(tuple(sorted(identity(m) for m in members))) if members else None
                     if run.cfg["ensemble"]["mode"] == "simultaneous":
                         cost["train_seconds_total"] = own
                     elif own is not None and all(t is not None for t in before):
@@ -341,7 +399,8 @@ def compare_runs(paths: list[str | Path], *, data: str | None = None, split: str
                     cost["train_seconds_total"] = cost["train_seconds"]
                     order = (base_order.get(run.checkpoint, len(base_order)),)
                 results.append(RunResult(_variant_name(run), run.kind, str(run.path), run.seed, identity(run),
-                                         per_image, order=order, cost=cost))
+                                         per_image, order=order, cost=cost, reference_group=reference,
+                                         weights=passes.weight_stats.pop(str(run.path), None)))
             bar.update(task, description="baselines")
             figures_baseline = _baselines(passes, sets, results, baselines, identity, say)
     finally:
@@ -354,9 +413,13 @@ def compare_runs(paths: list[str | Path], *, data: str | None = None, split: str
             "data_name": f"synthetic {data_name}" if dataset.is_synthetic else data_name,
             "n_images": len(dataset), "eigen_crop": eigen, "flip": flip, "device": str(device),
             "device_name": device_name(device), "max_depth": max_depth, "min_depth": min_depth}
+    by_group = {v.results[0].group: v.name for v in variants}
+    references = {v.name: by_group[v.results[0].reference_group] for v in variants
+                  if v.results[0].reference_group in by_group}
     comparison = Comparison(variants, passes.image_names, info, figures=figures, run_infos=infos,
                             reference=next((v.name for v in variants if v.kind == "baseline"
-                                            and v.results[0].run.startswith("mean:")), None))
+                                            and v.results[0].run.startswith("mean:")), None),
+                            references=references)
     if bootstrap:
         comparison.run_bootstrap(bootstrap, bootstrap_seed)
     return comparison
@@ -388,15 +451,16 @@ def _baselines(passes: EvaluationPass, sets, results: list[RunResult], names, id
                 combiners[kind] = baselines.BASELINES[kind]()
         scored = passes.baseline_metrics(combiners, [passes.store_keys[r.checkpoint] for r in s])
         cost = _sum_costs([m.cost for m in members])
-        learners = "+".join(m.name for m in members)
+        learners = _set_label(s, [m.name for m in members])
         for kind, (per_image, maps) in scored.items():
             if kind == "mean" and not figure:
                 figure = maps
             results.append(RunResult(BASELINE_LABELS[kind] + (f" ({learners})" if several else ""), "baseline",
                                      f"{kind}:" + "+".join(m.run for m in members), min(m.seed for m in members),
-                                     f"{kind}|{composition}", per_image,
+                                     f"{kind}|{composition!r}", per_image,
                                      upper_bound=baselines.BASELINES[kind].upper_bound,
-                                     order=(BASELINE_NAMES.index(kind),), cost=dict(cost)))
+                                     order=(BASELINE_NAMES.index(kind),), cost=dict(cost),
+                                     reference_group=None if kind == "mean" else f"mean|{composition}"))
     return figure
 
 

@@ -7,7 +7,7 @@ import io
 import json
 
 from ensemble_mde.compare.tables import (Table, accuracy_table, cell_text, compute_table, latex_escape, row_label,
-                                         significance_table)
+                                         significance_table, weights_table)
 from ensemble_mde.errors import ConfigError
 
 
@@ -104,11 +104,12 @@ def rich_table(table: Table):
     from rich.table import Table as RichTable
     from rich.text import Text
 
-    out = RichTable(title=table.title, caption="\n".join(table.notes) or None, caption_justify="left",
-                    box=box.SIMPLE_HEAD)
+    # Text, not markup: a set's name in brackets, e.g. "[bts_same]", is not a style tag
+    out = RichTable(title=Text(table.title), caption=Text("\n".join(table.notes)) if table.notes else None,
+                    caption_justify="left", box=box.SIMPLE_HEAD)
     out.add_column("Variant", no_wrap=True)
     for c in table.columns:
-        out.add_column(c.header + c.arrow, justify="right")
+        out.add_column(Text(c.header + c.arrow), justify="right")
     previous = None
     for row in table.rows:
         if previous is not None and row["kind"] != previous:
@@ -148,21 +149,24 @@ def print_tables(comparison, fmt: str, *, silog: bool = False, console=None, onl
 
     console = console or output_console()
     accuracy, compute = accuracy_table(comparison, silog=silog), compute_table(comparison)
+    weights = weights_table(comparison)
     if fmt == "csv":
         print(render(compute if only == "compute" else accuracy, fmt), end="")
         return
     if fmt == "json":
         print(json.dumps({"accuracy": table_dict(accuracy), "compute": table_dict(compute),
+                          "weights": table_dict(weights) if weights else None,
                           "bootstrap": comparison.bootstrap, "info": comparison.info}))
     elif fmt == "table":  # the bootstrap as a table of its own: the terminal is narrower than a page
         width = None if console.is_terminal else 160
         tables = [("accuracy", accuracy_table(comparison, silog=silog, delta_metric=None))]
         if comparison.bootstrap:
             tables.append(("accuracy", significance_table(comparison)))
-        for kind, table in tables + [("compute", compute)]:
+        for kind, table in tables + [("compute", compute)] + ([("accuracy", weights)] if weights else []):
             if only in (None, kind):
                 console.print(rich_table(table), width=width)
     else:
-        for kind, table in (("accuracy", accuracy), ("compute", compute)):
+        for kind, table in [("accuracy", accuracy), ("compute", compute)] + ([("accuracy", weights)] if weights
+                                                                             else []):
             if only in (None, kind):
                 print(render(table, fmt))

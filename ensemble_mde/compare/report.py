@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from ensemble_mde.compare.render import FORMAT_SUFFIX, render
-from ensemble_mde.compare.tables import Comparison, accuracy_table, compute_table, significance_table
+from ensemble_mde.compare.tables import (Comparison, accuracy_table, compute_table, significance_table,
+                                         weights_table)
 from ensemble_mde.metrics import METRIC_KEYS
 from ensemble_mde.io import atomic_write_text, atomic_write_with, read_jsonl
 from ensemble_mde.visualize import depth_colormap, pyplot
@@ -197,6 +198,9 @@ def write_report(comparison: Comparison, out: str | Path, *, silog: bool = False
         lines += ["## Significance", "", "Negative Δ is better for errors, positive for δ. All metrics: "
                   "[bootstrap.json](bootstrap.json).", "", render(significance_table(comparison), "md")]
     lines += ["## Compute", "", render(compute_table(comparison), "md")]
+    per_pixel = weights_table(comparison)
+    if per_pixel is not None:
+        lines += ["## Per-pixel weights", "", render(per_pixel, "md")]
     if grid or weights:
         lines += ["## Qualitative results", ""]
         if grid:
@@ -231,13 +235,16 @@ def write_report(comparison: Comparison, out: str | Path, *, silog: bool = False
 
 
 def write_tables(comparison: Comparison, out: str | Path, *, silog: bool = False) -> list[Path]:
-    """accuracy.* and compute.* in every format (txt, md, csv, tex, json), per_image.csv and
-    bootstrap.json (with a bootstrap); written atomically. Returns the paths."""
+    """accuracy.*, compute.* and (softmax ensembles) weights.* in every format (txt, md, csv,
+    tex, json), per_image.csv and bootstrap.json (with a bootstrap); written atomically.
+    Returns the paths."""
     from ensemble_mde.io import atomic_write_json, atomic_write_text
 
     out = Path(out)
     written = []
-    for stem, table in (("accuracy", accuracy_table(comparison, silog=silog)), ("compute", compute_table(comparison))):
+    tables = [("accuracy", accuracy_table(comparison, silog=silog)), ("compute", compute_table(comparison)),
+              ("weights", weights_table(comparison))]
+    for stem, table in [(stem, table) for stem, table in tables if table is not None]:
         for fmt, suffix in FORMAT_SUFFIX.items():
             path = out / f"{stem}.{suffix}"
             atomic_write_text(render(table, fmt), path)

@@ -105,22 +105,40 @@ class Comparison:
     bootstrap_settings: dict = field(default_factory=dict)
     figures: dict = field(default_factory=dict)   # see EvaluationPass.figures
     run_infos: list[RunInfo] = field(default_factory=list)
+    references: dict[str, str] = field(default_factory=dict)  # variant -> the mean baseline of its own bases
 
     def variant(self, name: str) -> Variant:
         return next(v for v in self.variants if v.name == name)
 
+    def reference_of(self, name: str) -> str:
+        """The variant `name` is compared with: the mean baseline of its own bases (a stacked
+        ensemble), else the first mean baseline."""
+        return self.references.get(name, self.reference)
+
+    @property
+    def own_references(self) -> bool:
+        """True when some variant is compared with another mean baseline than the first."""
+        return any(ref != self.reference for ref in self.references.values())
+
     def run_bootstrap(self, resamples: int, seed: int = 0) -> None:
-        """Each variant minus the mean baseline, paired over test images."""
+        """Each variant minus its reference (`reference_of`), paired over test images; each
+        entry holds "reference"."""
         if self.reference is None:
             raise ConfigError("the bootstrap compares with the mean baseline; add 'mean' to --baselines",
                               "--bootstrap")
-        ref = self.variant(self.reference)
-        ref_values = {k: ref.image_values(k) for k in METRIC_KEYS}
-        self.bootstrap = {v.name: paired_bootstrap({k: v.image_values(k) for k in METRIC_KEYS}, ref_values,
-                                                   resamples=resamples, seed=seed)
-                          for v in self.variants if v.name != self.reference}
+        values = {}
+        self.bootstrap = {}
+        for v in self.variants:
+            ref = self.reference_of(v.name)
+            if v.name == ref or (v.kind == "baseline" and v.name in self.references.values()):
+                continue  # a reference is not compared (with itself, or one set's average with another's)
+            if ref not in values:
+                values[ref] = {k: self.variant(ref).image_values(k) for k in METRIC_KEYS}
+            b = paired_bootstrap({k: v.image_values(k) for k in METRIC_KEYS}, values[ref], resamples=resamples,
+                                 seed=seed)
+            self.bootstrap[v.name] = {**b, "reference": ref}
         self.bootstrap_settings = {"resamples": int(resamples), "seed": int(seed), "reference": self.reference,
-                                   "confidence": 0.95}
+                                   "own_references": self.own_references, "confidence": 0.95}
 
 
 def _seed_note(variants: list[Variant]) -> list[str]:
@@ -144,8 +162,9 @@ def accuracy_table(comparison: Comparison, *, silog: bool = False, delta_metric:
     boot = comparison.bootstrap if delta_metric else {}
     if boot:
         label = next(h for k, h, _ in METRIC_COLUMNS if k == delta_metric)
-        columns.append(Column("delta", f"Δ {label} vs Baseline [95% CI], p",
-                              rf"$\Delta$ {latex_escape(label)} vs Baseline [95\% CI], $p$"))
+        against = "own Baseline" if comparison.own_references else "Baseline"
+        columns.append(Column("delta", f"Δ {label} vs {against} [95% CI], p",
+                              rf"$\Delta$ {latex_escape(label)} vs {against} [95\% CI], $p$"))
     rows = []
     for v in comparison.variants:
         values, std, text = {}, {}, {}
@@ -185,7 +204,9 @@ def accuracy_table(comparison: Comparison, *, silog: bool = False, delta_metric:
 
 def _bootstrap_note(comparison: Comparison) -> str:
     s = comparison.bootstrap_settings
-    return (f"Δ: paired bootstrap over test images of the variant minus {s['reference']} ({s['resamples']} "
+    against = (f"the mean baseline of its own bases (else {s['reference']})" if s.get("own_references")
+               else s["reference"])
+    return (f"Δ: paired bootstrap over test images of the variant minus {against} ({s['resamples']} "
             f"resamples, seed {s['seed']}); 95% percentile interval; two-sided p = 2 min(P(Δ*≤0), P(Δ*≥0)).")
 
 
@@ -207,7 +228,35 @@ def significance_table(comparison: Comparison, keys=("rmse", "abs_rel", "d1")) -
         text.update({f"{k}_p": format_p(b[k]["p"], b[k]["resamples"]) for k in keys})
         rows.append({"name": v.name, "kind": v.kind, "upper_bound": v.upper_bound, "n_seeds": len(v.results),
                      "values": values, "text": text})
-    return Table(f"Paired bootstrap against {comparison.reference}", columns, rows, [_bootstrap_note(comparison)])
+    against = "each variant's own average" if comparison.own_references else comparison.reference
+    columns.insert(0, Column("reference", "Against", "Against"))
+    for row, v in zip(rows, [v for v in comparison.variants if v.name in comparison.bootstrap]):
+        row["values"]["reference"] = comparison.bootstrap[v.name]["reference"]
+    return Table(f"Paired bootstrap against {against}", columns, rows, [_bootstrap_note(comparison)])
+
+
+def weights_table(comparison: Comparison) -> Table | None:
+    """How per-pixel the softmax ensembles' weights are: per image, the std of each weight
+    map over its pixels, averaged over learners, then over images (and seeds); and each
+    learner's mean weight. None when no variant has weight maps."""
+    columns = [Column("pixel_std", "Per-pixel W std", "Per-pixel $W$ std", digits=3),
+               Column("mean_w", "Mean W per base", "Mean $W$ per base")]
+    rows = []
+    for v in comparison.variants:
+        stats = [r.weights for r in v.results if r.weights is not None]
+        if not stats:
+            continue
+        pixel_std = float(np.mean([st["pixel_std"].mean() for st in stats]))
+        means = np.mean([st["mean"].mean(axis=0) for st in stats], axis=0)
+        text = ", ".join(f"{name} {m:.2f}" for name, m in zip(stats[0]["names"], means))
+        rows.append({"name": v.name, "kind": v.kind, "upper_bound": False, "n_seeds": len(v.results),
+                     "values": {"pixel_std": pixel_std, "mean_w": text}, "text": {}})
+    if not rows:
+        return None
+    return Table("Per-pixel weights (softmax heads)", columns, rows,
+                 ["Per-pixel W std: for each test image the standard deviation of each learner's weight map over "
+                  "its pixels, averaged over learners, then over images and seeds. 0 = one global weighting; the "
+                  "relaxed head has no weights."])
 
 
 def _hms(seconds: float | None) -> str:

@@ -21,9 +21,6 @@ NOT_PART_OF_VARIANT = ("run.seed", "run.name", "run.runs_dir", "run.device", "da
                        "ensemble.bases", "ensemble.cache_dir")
 
 
-
-
-
 @dataclass
 class RunInfo:
     """A run folder: its resolved config, checkpoint, summary.json (empty if absent), the
@@ -111,6 +108,8 @@ class RunResult:
     upper_bound: bool = False
     order: tuple = ()                          # sort key inside its kind
     cost: dict = field(default_factory=dict)   # params, gmacs, latency_ms, fps, input_size, train_seconds*
+    reference_group: str | None = None         # group of the baseline it is compared with (its own bases' mean)
+    weights: dict | None = None                # softmax ensembles: {"pixel_std": [N], "mean": [N,K], "names": [K]}
 
 
 @dataclass

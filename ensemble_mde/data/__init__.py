@@ -11,8 +11,9 @@ import importlib
 # then starts without torch, which the dataset and augmentation modules import.
 _EXPORTS = {
     **dict.fromkeys(("augment_rng", "augment_sample", "draw_params", "warp"), "augment"),
-    **dict.fromkeys(("DepthDataset", "build_dataset", "eigen_crop_default", "loader_workers", "open_source",
-                     "scene_split", "split_records"), "dataset"),
+    **dict.fromkeys(("DepthDataset", "build_dataset", "eigen_crop_default", "loader_workers", "open_source"),
+                    "dataset"),
+    **dict.fromkeys(("held_out_scenes", "scene_folds", "scene_split", "split_records", "training_scenes"), "splits"),
     **dict.fromkeys(("FORMATS", "NYU_FOCAL", "Record", "detect_format", "load_depth", "load_rgb"), "readers"),
 }
 __all__ = sorted(_EXPORTS)

@@ -22,11 +22,11 @@ import torch.nn.functional as F
 from ensemble_mde.data import readers
 from ensemble_mde.data.augment import augment_rng, augment_sample
 from ensemble_mde.data.readers import NYU_FOCAL, NYU_WIDTH, Record
+from ensemble_mde.data.splits import repeated_frames, split_records
 from ensemble_mde.data.synth import usable_cpus
 from ensemble_mde.errors import ConfigError, DataError
 from ensemble_mde.evaluation import resize_rgb
 
-SPLITS = ("train", "val", "test")
 LABELED_FRAMES = 1449
 LABELED_SCENE_BLOCK = 10  # frames per pseudo-scene when the .mat has no `scenes` dataset
 
@@ -280,49 +280,6 @@ def data_fingerprint(cfg_data: dict) -> str:
     for part in source.identity():
         digest.update(hashlib.sha256(part).digest())
     return digest.hexdigest()
-
-
-# --------------------------------------------------------------------------- splits
-
-def scene_split(scenes: list[str], fraction: float, seed: int) -> set[str]:
-    """Validation scenes: round(fraction x number of scenes) of the distinct scenes, drawn
-    with `seed`; at least one and at most all but one when there are >= 2 scenes, none
-    with a single scene."""
-    unique = sorted(set(scenes))
-    if len(unique) < 2:
-        return set()
-    n_val = min(len(unique) - 1, max(1, round(fraction * len(unique))))
-    order = np.random.default_rng(seed).permutation(len(unique))
-    return {unique[i] for i in order[:n_val]}
-
-
-def split_records(source, split: str, cfg_data: dict) -> list[Record]:
-    """Records of `split`. Validation is the source's own val split when it has one,
-    else whole scenes carved from train (data.val_fraction, data.val_seed); never test."""
-    if split not in SPLITS:
-        raise ConfigError(f"split {split!r} must be one of {', '.join(SPLITS)}", "split")
-    if split == "test" or source.has("val"):
-        return source.records(split)
-    fraction = float(cfg_data["val_fraction"])
-    if not 0.0 < fraction < 1.0:
-        raise ConfigError(f"data.val_fraction must be in (0, 1), got {fraction}", "data.val_fraction")
-    train = source.records("train")
-    val_scenes = scene_split([r.scene for r in train], fraction, int(cfg_data["val_seed"]))
-    if split == "val" and not val_scenes:
-        raise DataError(f"no val split: the train split has {len({r.scene for r in train})} scene(s); "
-                        "a scene-disjoint validation split needs at least 2", source.root)
-    return [r for r in train if (r.scene in val_scenes) == (split == "val")]
-
-
-def repeated_frames(records: list[Record]) -> list[str]:
-    """The RGB keys listed more than once in `records`, each once, in listing order."""
-    seen: set[str] = set()
-    repeated: list[str] = []
-    for r in records:
-        if r.rgb in seen and r.rgb not in repeated:
-            repeated.append(r.rgb)
-        seen.add(r.rgb)
-    return repeated
 
 
 def plural(n: int, noun: str) -> str:

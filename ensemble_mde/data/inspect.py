@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ensemble_mde.data.dataset import (SPLITS, DepthDataset, build_dataset, open_source, plural, repeated_frames,
-                                       repeated_message, split_records)
+from ensemble_mde.data.dataset import DepthDataset, build_dataset, open_source, plural, repeated_message
+from ensemble_mde.data.splits import SPLITS, repeated_frames, split_records
 from ensemble_mde.errors import ConfigError, DataError
 
 

@@ -19,10 +19,12 @@ import base_learners
 from ensemble_mde import config as config_mod
 from ensemble_mde import distributed, runs
 from ensemble_mde.errors import ConfigError
-from ensemble_mde.io import file_sha256
 from ensemble_mde.loading import build_ensemble, check_bases_unchanged, load_base_weights
-from ensemble_mde.runs import RECORD, model_input_size, run_name
+from ensemble_mde.runs import RECORD, run_name
 from ensemble_mde.training.engine import train
+from ensemble_mde.training.sets import read_set
+from ensemble_mde.training.stacking import (check_protocol, checkpoint_entry, oof_cache_hashes, oof_groups,
+                                           set_entries, stacking_data)
 from ensemble_mde.training.start import start_run
 from meta_learner.cache import CachedMetaDataset, PredictionCache, data_identity
 from meta_learner.ensemble import StackedEnsemble
@@ -53,20 +55,18 @@ def newest_finished_runs(runs_dir: Path, learners=DEFAULT_BASES) -> list[Path]:
 
 
 def resolve_bases(cfg: dict) -> list[dict]:
-    """One entry per base: {name, run (path or null), sha256 (or null), model (its model section),
-    input_size, data (the data section it was trained on)}."""
+    """One entry per base: {name, run (checkpoint path or null), sha256 (or null), model (its
+    model section), input_size, data (the data section it was trained on)}; a set folder
+    gives the entries of ensemble.stacking (training/stacking.py: `set`, `oof`, `members`)."""
     mode = cfg["ensemble"]["mode"]
     entries = cfg["ensemble"]["bases"] or newest_finished_runs(Path(cfg["run"]["runs_dir"]))
     resolved = []
     for entry in entries:
         path = Path(str(entry))
-        if path.exists():
-            ckpt_path = runs.resolve_checkpoint(path)
-            base_cfg = runs.read_checkpoint(ckpt_path)["config"]
-            size = model_input_size(base_cfg)
-            resolved.append({"name": base_cfg["model"]["name"], "run": str(ckpt_path.resolve()),
-                             "sha256": file_sha256(ckpt_path), "model": base_cfg["model"],
-                             "data": runs.data_view(base_cfg)["data"], "input_size": list(size) if size else None})
+        if path.is_dir() and read_set(path) is not None:
+            resolved += set_entries(path, cfg)
+        elif path.exists():
+            resolved.append(checkpoint_entry(path))
         elif mode == "simultaneous" and str(entry) in base_learners.available():
             base_cfg = config_mod.load_config(["defaults", f"base/{entry}"])
             if "pretrained" in base_cfg["model"]:
@@ -75,26 +75,34 @@ def resolve_bases(cfg: dict) -> list[dict]:
                              "data": None, "input_size": None})
         else:
             hint = " or a learner name (simultaneous mode only)" if mode != "simultaneous" else " or a learner name"
-            raise ConfigError(f"base {entry!r} is not a run folder{hint}", "ensemble.bases")
+            raise ConfigError(f"base {entry!r} is not a run or set folder{hint}", "ensemble.bases")
     names = [r["name"] for r in resolved]
-    for r in resolved:  # two runs of one learner: tell them apart by their folder
+    for r in resolved:  # two runs of one learner: tell them apart by their folder (set and member)
         if names.count(r["name"]) > 1 and r["run"]:
-            r["name"] = f"{r['name']}:{Path(r['run']).parent.name}"
+            where = [Path(r["run"]).parent.name]
+            if r.get("set"):
+                folder = r["set"]["folder"]
+                alone = sum(1 for o in resolved if o.get("set", {}).get("folder") == folder) == 1
+                where = [Path(folder).name] + ([] if alone else [r["set"]["member"]])  # alone: its set says it
+            r["name"] = f"{r['name']}:{'/'.join(where)}"
+    check_protocol(cfg, resolved)
     return resolved
 
 
 def ensemble_data(cfg: dict, resolved: list[dict]) -> dict:
     """The data section of a meta run that names no dataset (data.path null): that of its
     bases (the first one trained on a dataset: an imported run was not), data.workers as
-    set, and frames (the ensemble's grid) at data.size when set, else at the largest base
-    input size by area, so that no base sees a frame enlarged from a smaller grid."""
+    set, the partition of ensemble.stacking (`stacking_data`), and frames (the ensemble's
+    grid) at data.size when set, else at the largest base input size by area, so that no
+    base sees a frame enlarged from a smaller grid."""
     trained = next((r["data"] for r in resolved if r["data"] and r["data"].get("path")), None)
     if trained is None:
         raise ConfigError("no base was trained on a dataset here (fresh or imported bases); pass --data PATH",
                           "data.path")
     sizes = [r["input_size"] for r in resolved if r.get("input_size")]
     size = cfg["data"]["size"] or (max(sizes, key=lambda s: s[0] * s[1]) if sizes else trained.get("size"))
-    return {**trained, "workers": cfg["data"]["workers"], "size": list(size) if size else None}
+    data = stacking_data(trained, resolved, cfg["ensemble"]["stacking"])
+    return {**data, "workers": cfg["data"]["workers"], "size": list(size) if size else None}
 
 
 def prepare_record(cfg: dict) -> dict:
@@ -103,6 +111,8 @@ def prepare_record(cfg: dict) -> dict:
     record["bases"] = resolve_bases(cfg)
     if cfg["data"]["path"] is None:  # train on the data the bases saw
         record["data"] = ensemble_data(cfg, record["bases"])
+    elif cfg["ensemble"]["stacking"] == "holdout":  # a dataset named: still only its held-out scenes
+        record["data"] = stacking_data(cfg["data"], record["bases"], "holdout")
     return cfg
 
 
@@ -126,7 +136,8 @@ def train_meta(cfg: dict, *, resume: bool = False, force: bool = False, progress
             # neither training nor validation runs the frozen bases again
             augment = cfg["augment"] if cfg["augment"]["enabled"] else None
             plain = build_dataset(runs.data_view(cfg), "train", augment=False)
-            train_set = cached_split(cfg, ensemble, plain, run.device, progress, augment)
+            train_set = cached_split(cfg, ensemble, plain, run.device, progress, augment,
+                                     out_of_fold=cfg["ensemble"]["stacking"] == "oof")
             val_set = cached_split(cfg, ensemble, val_set, run.device, progress)
         # otherwise the bases run on every batch: in freeze mode frozen, in eval mode and without
         # gradients, on the augmented crops the meta-learner sees (the study's protocol)
@@ -138,21 +149,25 @@ def train_meta(cfg: dict, *, resume: bool = False, force: bool = False, progress
 
 
 def cached_split(cfg: dict, ensemble: StackedEnsemble, plain, device: torch.device, progress: bool,
-                 augment: dict | None = None) -> CachedMetaDataset:
+                 augment: dict | None = None, out_of_fold: bool = False) -> CachedMetaDataset:
     """Freeze mode: the bases' predictions on the un-augmented frames of the dataset `plain`
     (each base at its own input size), computed once into the HDF5 cache (reused across meta
     runs, rebuilt when a base changes; by rank 0 alone under torchrun). With `augment` (the
     training split's `augment:` section) the geometric augmentation is applied to RGB, GT
-    and the cached maps together."""
+    and the cached maps together. out_of_fold: each frame's maps come from the fold models
+    that held its scene out (--stacking oof), keyed by all of them."""
     from ensemble_mde.data import loader_workers
 
     frame = tuple(plain[0]["rgb"].shape[-2:])
     data_id = data_identity(plain.root, plain.format, plain.split, [r.name for r in plain.records], frame)
     cache_dir = Path(cfg["ensemble"]["cache_dir"] or Path(cfg["run"]["runs_dir"]) / ".cache")
-    hashes = [r["sha256"] for r in cfg[RECORD]["bases"]]
+    bases = cfg[RECORD]["bases"]
+    hashes = oof_cache_hashes(bases) if out_of_fold else [r["sha256"] for r in bases]
     with distributed.main_process_first():  # rank 0 fills; the others then open the finished file
         cache = PredictionCache.open(cache_dir, hashes, data_id)
-        cache.fill(plain, list(ensemble.bases), device=device, batch_size=int(cfg["train"]["val_batch_size"]),
-                   workers=loader_workers(cfg["data"], device.type), input_sizes=ensemble.input_sizes,
+        groups = oof_groups(plain, bases, device) if out_of_fold and not cache.complete else None
+        cache.fill(plain, list(ensemble.bases), groups=groups, device=device,
+                   batch_size=int(cfg["train"]["val_batch_size"]), workers=loader_workers(cfg["data"], device.type),
+                   input_sizes=ensemble.input_sizes,
                    progress=progress and distributed.is_main(), label=f"caching base predictions ({plain.split})")
     return CachedMetaDataset(plain, cache, augment, seed=int(cfg["run"]["seed"]))

@@ -3,7 +3,7 @@
 In order: the processes (torchrun) and the device; the run folder, and the config it was
 started with when resuming; the run's own preparation (a meta run resolves its bases);
 absolute paths; the dataset, data.workers and the folder checked before any work; the
-folder locked; the splits; the input size recorded; the seed.
+folder locked; the splits; the held-out scenes and the input size recorded; the seed.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import torch
 from ensemble_mde import config as config_mod
 from ensemble_mde import distributed, runs
 from ensemble_mde.data import loader_workers
+from ensemble_mde.data.splits import held_out_scenes, training_scenes
 from ensemble_mde.device import resolve_device
 from ensemble_mde.errors import DataError
 
@@ -80,6 +81,9 @@ def start_run(cfg: dict, default_name: str, kind: str, *, resume: bool = False, 
     with runs.RunFolder(run_dir).training(resume=resume, force=force) as folder:
         train_set, val_set, eigen_crop = build_splits(view)
         record = cfg[runs.RECORD]
+        held = held_out_scenes(view["data"], [r.scene for r in training_scenes(train_set.source, view["data"])])
+        if held is not None:  # what this run never trained on (a fold or holdout member of a set)
+            record["held_out_scenes"] = sorted(held)
         if not record.get("input_size") and not cfg["data"].get("size"):
             record["input_size"] = list(val_set[0]["rgb"].shape[-2:])
         torch.manual_seed(int(cfg["run"]["seed"]))  # identical initial weights for a given seed

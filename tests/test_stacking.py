@@ -209,6 +209,17 @@ def test_the_out_of_fold_cache_holds_each_frames_fold_model(sets):
     assert folds_seen == {0, 1, 2}
     assert differs == 2 * len(plain)    # no training frame's map is the full model's (which saw the frame)
 
+    # --oof-test folds: at validation and test each learner is the mean of its fold models
+    from ensemble_mde.loading import load_any_run
+    from meta_learner.ensemble import MeanOfMembers
+
+    ensemble, _ = load_any_run(meta(sets, "sg_oof_folds", ["cv_a", "cv_b"], "oof", ["ensemble.oof_test=folds"]))
+    assert all(isinstance(b, MeanOfMembers) and len(b.members) == 3 for b in ensemble.bases)
+    rgb = plain[0]["rgb"][None]
+    with torch.no_grad():
+        want = torch.stack([models[0, k](rgb)["depth"] for k in range(3)]).mean(dim=0)
+        torch.testing.assert_close(ensemble.bases[0](rgb)["depth"], want)
+
 
 def test_three_protocols_end_to_end_and_compared(sets):
     from ensemble_mde import runs
@@ -236,7 +247,7 @@ def test_three_protocols_end_to_end_and_compared(sets):
         assert label in names, (label, names)
     # each ensemble is compared with the simple average of its own bases
     assert c.bootstrap["SG rgb+d freeze [cv_a]"]["reference"] == "Baseline (mean) ([cv_a])"
-    assert "meter_xxs [ho_a/holdout]" in c.bootstrap["SG rgb+d freeze holdout"]["reference"]
+    assert c.bootstrap["SG rgb+d freeze holdout"]["reference"] == "Baseline (mean) (ho_a/holdout+ho_b/holdout)"
     assert c.bootstrap["SG rgb+d freeze oof"]["reference"] == c.bootstrap["SG rgb+d freeze"]["reference"]
     mean_cv = c.variant("Baseline (mean) ([cv_a])").image_values("rmse")
     sg_cv = c.variant("SG rgb+d freeze [cv_a]").image_values("rmse")
@@ -249,3 +260,22 @@ def test_three_protocols_end_to_end_and_compared(sets):
     cv_result = c.variant("SG rgb+d freeze [cv_a]").results[0]
     assert cv_result.weights["mean"].shape == (len(c.image_names), 3)
     np.testing.assert_allclose(cv_result.weights["mean"].sum(axis=1), 1.0, atol=1e-4)   # softmax weights
+
+
+def test_experiment_files_declare_sets_and_protocols(tmp_path):
+    from ensemble_mde.config import packaged_config_path
+    from ensemble_mde.experiment import load_experiment, plan
+
+    exp = load_experiment(packaged_config_path("experiments/stacking_protocols"), out=tmp_path / "study")
+    labels = [step.label for step in plan(exp, say=lambda *a: None)]
+    assert "train set adabins_cv (folds)" in labels and "train set bts_same (seeds)" in labels
+    assert "train meta_rgbd_freeze_oof (meta rgb+d freeze oof)" in labels
+    assert "train meta_rgbd_freeze_holdout (meta rgb+d freeze holdout)" in labels
+    assert labels[-1] == "compare and report"
+    bad = {"name": "x", "data": {"synth": {"train": 8}}, "bases": [{"name": "bts", "set": {"folds": 3, "holdout": 0.3}}]}
+    with pytest.raises(ConfigError, match="give one of seeds, folds, holdout"):
+        plan(load_experiment(bad, out=tmp_path / "bad"), say=lambda *a: None)
+    unknown = {**bad, "bases": [{"name": "bts", "run_name": "cv", "set": {"folds": 3}}],
+               "meta": [{"bases": ["cv/fold9"], "stacking": "in-sample"}]}
+    with pytest.raises(ConfigError, match="names no member of a set"):
+        plan(load_experiment(unknown, out=tmp_path / "bad"), say=lambda *a: None)

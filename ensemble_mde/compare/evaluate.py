@@ -93,13 +93,21 @@ def _variant_name(run: RunInfo) -> str:
     return f"{name} [{member[0]}]" if info["kind"] == "seeds" else f"{name} [{member[0]}/{member[1]}]"
 
 
+def _set_identity(run: RunInfo) -> str:
+    """"" for a lone run; for a set member its set folder (and, but for seed sets, member)."""
+    member = set_of_run(run.path)
+    if member is None:
+        return ""
+    return f"|set {member[0]}" + ("" if read_set(run.path.parent)["kind"] == "seeds" else f"/{member[1]}")
+
+
 def _set_label(members: list[RunInfo], names: list[str]) -> str:
-    """What a baseline averages: [set] when it is all the members of one set, else the names."""
-    folders = {r.path.parent for r in members}
-    if len(folders) == 1 and all(set_of_run(r.path) for r in members):
-        folder = folders.pop()
-        return f"[{folder.name}]"
-    return "+".join(names)
+    """What a baseline averages: [set] when it is all members of one set, else each base
+    (a set member as set/member)."""
+    places = [set_of_run(r.path) for r in members]
+    if len({r.path.parent for r in members}) == 1 and all(places):
+        return f"[{places[0][0]}]"
+    return "+".join("/".join(place) if place else name for place, name in zip(places, names))
 
 
 def _checkpoint_seconds(path: Path) -> float | None:
@@ -289,9 +297,13 @@ def _meta_bases(meta: RunInfo, by_checkpoint: dict) -> list[RunInfo]:
 
 
 def _load_infos(paths: list[str | Path]) -> list[RunInfo]:
-    """The runs asked for plus the base runs their meta runs reference (needed for the baselines)."""
+    """The runs asked for (a set folder: its members) plus the base runs their meta runs
+    reference (needed for the baselines)."""
+    from ensemble_mde.training.sets import member_runs
+
     infos: list[RunInfo] = []
-    for p in paths:
+    expanded = [m for p in paths for m in (member_runs(p) if read_set(p) is not None else [p])]
+    for p in expanded:
         info = read_run(p)
         if info.checkpoint not in {r.checkpoint for r in infos}:
             infos.append(info)
@@ -349,7 +361,9 @@ def compare_runs(paths: list[str | Path], *, data: str | None = None, split: str
 
     base_runs = [r for r in infos if r.kind == "base"]
     meta_runs = [r for r in infos if r.kind == "meta"]
-    base_ids = {r.checkpoint: config_identity(r.cfg) for r in base_runs}
+    # a set's members are variants of their set: the SAME set's seeds are one row, not one with
+    # another set's (or a lone run's) equal config
+    base_ids = {r.checkpoint: config_identity(r.cfg) + _set_identity(r) for r in base_runs}
 
     def base_identity(entry: dict):
         path = Path(entry["run"]).resolve() if entry.get("run") else None
@@ -403,6 +417,13 @@ def compare_runs(paths: list[str | Path], *, data: str | None = None, split: str
                                          weights=passes.weight_stats.pop(str(run.path), None)))
             bar.update(task, description="baselines")
             figures_baseline = _baselines(passes, sets, results, baselines, identity, say)
+            own_sets = {}   # a base is compared with the average of the first set of bases it is in
+            for s in sets:
+                for r in s:
+                    own_sets.setdefault(str(r.path), "mean|" + repr(tuple(sorted(identity(m) for m in s))))
+            for r in results:
+                if r.kind == "base":
+                    r.reference_group = own_sets.get(r.run)
     finally:
         passes.store.close()
     variants = group_by_seed(results)
@@ -416,10 +437,9 @@ def compare_runs(paths: list[str | Path], *, data: str | None = None, split: str
     by_group = {v.results[0].group: v.name for v in variants}
     references = {v.name: by_group[v.results[0].reference_group] for v in variants
                   if v.results[0].reference_group in by_group}
+    first_mean = f"mean|{tuple(sorted(identity(r) for r in sets[0]))!r}" if sets else None
     comparison = Comparison(variants, passes.image_names, info, figures=figures, run_infos=infos,
-                            reference=next((v.name for v in variants if v.kind == "baseline"
-                                            and v.results[0].run.startswith("mean:")), None),
-                            references=references)
+                            reference=by_group.get(first_mean), references=references)
     if bootstrap:
         comparison.run_bootstrap(bootstrap, bootstrap_seed)
     return comparison
@@ -459,7 +479,7 @@ def _baselines(passes: EvaluationPass, sets, results: list[RunResult], names, id
                                      f"{kind}:" + "+".join(m.run for m in members), min(m.seed for m in members),
                                      f"{kind}|{composition!r}", per_image,
                                      upper_bound=baselines.BASELINES[kind].upper_bound,
-                                     order=(BASELINE_NAMES.index(kind),), cost=dict(cost),
+                                     order=(sets.index(s), BASELINE_NAMES.index(kind)), cost=dict(cost),
                                      reference_group=None if kind == "mean" else f"mean|{composition}"))
     return figure
 

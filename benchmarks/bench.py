@@ -1,6 +1,6 @@
 """The benchmark suite (docs/design.md §9): one table, one JSON, every figure measured in this run.
 
-For each base learner, the weighting U-Net alone, the simple average of the bases and the
+For each base learner, the weighting network alone, the simple average of the bases and the
 stacked ensemble (rgb+d), at each size: params, GMACs, latency at batch 1, throughput at
 batch 8, training images/s, peak memory, achieved GFLOP/s as a fraction of this machine's
 own fp32 matmul GFLOP/s (bf16 measured too; both at the start and after the models, the
@@ -165,9 +165,9 @@ def loader_vs_step(device: torch.device, frames: int = 160) -> dict:
     """Loader images/s (default workers, demo frames 96x128 resized to the cpu preset's size,
     augmentation on) over the demo learner's training-step images/s on those batches."""
     with tempfile.TemporaryDirectory(prefix="bench_loader_") as tmp:
-        synthesize(Path(tmp), counts={"train": frames}, size=(96, 128), seed=0, progress=False)
-        cfg = load_config(["defaults", f"base/{DEMO_LEARNER}"], preset="cpu",
-                          overrides=[f"data.path={tmp}", "data.val_fraction=0"])
+        # one val frame: the set then has its own val split and every rendered frame trains
+        synthesize(Path(tmp), counts={"train": frames, "val": 1}, size=(96, 128), seed=0, progress=False)
+        cfg = load_config(["defaults", f"base/{DEMO_LEARNER}"], preset="cpu", overrides=[f"data.path={tmp}"])
         train_set = build_dataset(cfg, "train")
         train_set.set_epoch(0)
         batch_size, workers = int(cfg["train"]["batch_size"]), loader_workers(cfg["data"], device.type)

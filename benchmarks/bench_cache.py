@@ -1,6 +1,6 @@
 """Freeze-mode meta epoch with the prediction cache vs recomputing the base predictions.
 
-Both sides train the same weighting U-Net for the same steps on the same frames (same
+Both sides train the same weighting network for the same steps on the same frames (same
 augmentation); "cached" reads the bases' depths from the HDF5 cache (filled beforehand, its
 fill time printed apart), "recompute" runs the frozen bases in every step. The two epochs
 are timed batch by batch in alternation. Prints one JSON line with both epoch times and
@@ -87,9 +87,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     with tempfile.TemporaryDirectory(prefix="bench_cache_") as tmp:
         tmp = Path(tmp)
-        synthesize(tmp / "data", counts={"train": args.frames}, size=args.size, seed=0, progress=False)
+        # one val frame: the set then has its own val split and every rendered frame trains
+        synthesize(tmp / "data", counts={"train": args.frames, "val": 1}, size=args.size, seed=0, progress=False)
         cfg = load_config(["defaults", "meta/weighting"],
-                          overrides=[f"data.path={tmp / 'data'}", "data.val_fraction=0", *args.meta_overrides])
+                          overrides=[f"data.path={tmp / 'data'}", *args.meta_overrides])
         plain = build_dataset(cfg, "train", augment=False)
         torch.manual_seed(0)
         bases, hashes = [], []

@@ -55,8 +55,9 @@ def main(argv: list[str] | None = None) -> dict:
             root = args.data
         else:
             root = tmp / "data"
-            synthesize(root, counts={"train": args.frames}, size=args.size, seed=0, progress=False)
-        cfg = load_config(["defaults"], overrides=[f"data.path={root}", "data.val_fraction=0"])
+            # one val frame: the set then has its own val split and every rendered frame is cached
+            synthesize(root, counts={"train": args.frames, "val": 1}, size=args.size, seed=0, progress=False)
+        cfg = load_config(["defaults"], overrides=[f"data.path={root}"])
         plain = build_dataset(cfg, "train", augment=False)
         plain.records = plain.records[:args.frames]
         frame = tuple(plain[0]["rgb"].shape[-2:])

@@ -86,28 +86,33 @@ def _variant_name(run: RunInfo) -> str:
         homogeneous = sorted({f for f in folders if folders.count(f) > 1})
         return "SG " + " ".join(runs_mod.meta_variant(run.cfg)) + (f" [{'+'.join(homogeneous)}]" if homogeneous else "")
     name = str(run.cfg["model"]["name"])
+    place = _set_place(run)
+    return f"{name} [{place}]" if place else name
+
+
+def _set_place(run: RunInfo, always_member: bool = False) -> str | None:
+    """Where a set member sits: "set" for a member of a seed set (its seeds are one variant),
+    else (or always_member) "set/member"; None for a lone run."""
     member = set_of_run(run.path)
     if member is None:
-        return name
-    info = read_set(run.path.parent)
-    return f"{name} [{member[0]}]" if info["kind"] == "seeds" else f"{name} [{member[0]}/{member[1]}]"
+        return None
+    folder, name, info = member
+    return folder if info["kind"] == "seeds" and not always_member else f"{folder}/{name}"
 
 
 def _set_identity(run: RunInfo) -> str:
-    """"" for a lone run; for a set member its set folder (and, but for seed sets, member)."""
-    member = set_of_run(run.path)
-    if member is None:
-        return ""
-    return f"|set {member[0]}" + ("" if read_set(run.path.parent)["kind"] == "seeds" else f"/{member[1]}")
+    """"" for a lone run; for a set member its place in its set (`_set_place`)."""
+    place = _set_place(run)
+    return f"|set {place}" if place else ""
 
 
 def _set_label(members: list[RunInfo], names: list[str]) -> str:
     """What a baseline averages: [set] when it is all members of one set, else each base
     (a set member as set/member)."""
-    places = [set_of_run(r.path) for r in members]
+    places = [_set_place(r, always_member=True) for r in members]
     if len({r.path.parent for r in members}) == 1 and all(places):
-        return f"[{places[0][0]}]"
-    return "+".join("/".join(place) if place else name for place, name in zip(places, names))
+        return f"[{members[0].path.parent.name}]"
+    return "+".join(place or name for place, name in zip(places, names))
 
 
 def _checkpoint_seconds(path: Path) -> float | None:
@@ -290,6 +295,16 @@ def _base_sets(base_runs: list[RunInfo], meta_runs: list[RunInfo], identity) -> 
     return [[sorted(g, key=lambda r: r.seed)[0] for g in groups.values()]]
 
 
+def composition_of(bases: list[RunInfo], identity) -> tuple:
+    """What a set of bases is made of, order aside: their sorted variant identities."""
+    return tuple(sorted(identity(r) for r in bases))
+
+
+def baseline_group(kind: str, bases: list[RunInfo], identity) -> str:
+    """The group of the `kind` baseline over `bases` (equal compositions are seeds of one baseline)."""
+    return f"{kind}|{composition_of(bases, identity)!r}"
+
+
 def _meta_bases(meta: RunInfo, by_checkpoint: dict) -> list[RunInfo]:
     """The base runs a meta run stacks, those that are single checkpoints (not fresh, not a mean of members)."""
     checkpoints = [record_checkpoint(r) for r in meta.cfg[runs_mod.RECORD]["bases"]]
@@ -366,8 +381,7 @@ def compare_runs(paths: list[str | Path], *, data: str | None = None, split: str
     base_ids = {r.checkpoint: config_identity(r.cfg) + _set_identity(r) for r in base_runs}
 
     def base_identity(entry: dict):
-        path = Path(entry["run"]).resolve() if entry.get("run") else None
-        return base_ids.get(path, json.dumps(entry.get("model"), sort_keys=True))
+        return base_ids.get(record_checkpoint(entry), json.dumps(entry.get("model"), sort_keys=True))
 
     def identity(run: RunInfo) -> str:
         return base_ids[run.checkpoint] if run.kind == "base" else config_identity(run.cfg, base_identity)
@@ -402,7 +416,7 @@ def compare_runs(paths: list[str | Path], *, data: str | None = None, split: str
                               for path, _ in base_checkpoints(r, with_oof=True)]
                     own = cost["train_seconds"]
                     members = _meta_bases(run, {r.checkpoint: r for r in base_runs})
-                    reference = "mean|" + repr(tuple(sorted(identity(m) for m in members))) if members else None
+                    reference = baseline_group("mean", members, identity) if members else None
                     if run.cfg["ensemble"]["mode"] == "simultaneous":
                         cost["train_seconds_total"] = own
                     elif own is not None and all(t is not None for t in before):
@@ -420,7 +434,7 @@ def compare_runs(paths: list[str | Path], *, data: str | None = None, split: str
             own_sets = {}   # a base is compared with the average of the first set of bases it is in
             for s in sets:
                 for r in s:
-                    own_sets.setdefault(str(r.path), "mean|" + repr(tuple(sorted(identity(m) for m in s))))
+                    own_sets.setdefault(str(r.path), baseline_group("mean", s, identity))
             for r in results:
                 if r.kind == "base":
                     r.reference_group = own_sets.get(r.run)
@@ -437,7 +451,7 @@ def compare_runs(paths: list[str | Path], *, data: str | None = None, split: str
     by_group = {v.results[0].group: v.name for v in variants}
     references = {v.name: by_group[v.results[0].reference_group] for v in variants
                   if v.results[0].reference_group in by_group}
-    first_mean = f"mean|{tuple(sorted(identity(r) for r in sets[0]))!r}" if sets else None
+    first_mean = baseline_group("mean", sets[0], identity) if sets else None
     comparison = Comparison(variants, passes.image_names, info, figures=figures, run_infos=infos,
                             reference=by_group.get(first_mean), references=references)
     if bootstrap:
@@ -451,10 +465,9 @@ def _baselines(passes: EvaluationPass, sets, results: list[RunResult], names, id
     from meta_learner import baselines
 
     by_run = {r.run: r for r in results}
-    compositions = [tuple(sorted(identity(r) for r in s)) for s in sets]
-    several = len(set(compositions)) > 1
+    several = len({composition_of(s, identity) for s in sets}) > 1
     figure = []
-    for s, composition in zip(sets, compositions):
+    for s in sets:
         members = [by_run[str(r.path)] for r in s]
         combiners = {}
         for kind in names:
@@ -477,10 +490,10 @@ def _baselines(passes: EvaluationPass, sets, results: list[RunResult], names, id
                 figure = maps
             results.append(RunResult(BASELINE_LABELS[kind] + (f" ({learners})" if several else ""), "baseline",
                                      f"{kind}:" + "+".join(m.run for m in members), min(m.seed for m in members),
-                                     f"{kind}|{composition!r}", per_image,
+                                     baseline_group(kind, s, identity), per_image,
                                      upper_bound=baselines.BASELINES[kind].upper_bound,
                                      order=(sets.index(s), BASELINE_NAMES.index(kind)), cost=dict(cost),
-                                     reference_group=None if kind == "mean" else f"mean|{composition}"))
+                                     reference_group=None if kind == "mean" else baseline_group("mean", s, identity)))
     return figure
 
 

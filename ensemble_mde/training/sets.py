@@ -53,6 +53,12 @@ class SetSpec:
         if self.kind == "holdout" and not 0.0 < self.holdout < 1.0:
             raise ConfigError(f"--holdout needs a fraction in (0, 1), got {self.holdout}", "--holdout")
 
+    @classmethod
+    def of(cls, kind: str, value, partition_seed: int = 0) -> "SetSpec":
+        """The spec of `kind` with its one value: seeds a list, folds K, holdout F."""
+        return cls(kind, seeds=list(value) if kind == "seeds" else [], folds=int(value) if kind == "folds" else 0,
+                   holdout=float(value) if kind == "holdout" else 0.0, partition_seed=int(partition_seed))
+
     def describe(self) -> dict:
         """What set.json records of the spec (only the keys of its kind)."""
         keep = {"seeds": ("seeds",), "folds": ("folds", "partition_seed"),
@@ -91,14 +97,15 @@ def read_set(folder: str | Path) -> dict | None:
     return info
 
 
-def set_of_run(run: str | Path) -> tuple[str, str] | None:
-    """(set folder name, member name) when the run folder (or a checkpoint in it) is a set member."""
+def set_of_run(run: str | Path) -> tuple[str, str, dict] | None:
+    """(set folder name, member name, the set's set.json) when the run folder (or a
+    checkpoint in it) is a set member."""
     path = Path(run)
     folder = path.parent if path.suffix == ".pt" else path
     info = read_set(folder.parent) if folder.parent != folder else None
     if info is None or folder.name not in info["members"]:
         return None
-    return folder.parent.name, folder.name
+    return folder.parent.name, folder.name, info
 
 
 def member_runs(folder: str | Path, names=None) -> list[Path]:
@@ -133,23 +140,19 @@ def train_base_set(name: str, spec: SetSpec, out: str | Path | None = None, *, c
     from ensemble_mde.training.base import base_config, train_base
 
     def member_config(extra):
-        cfg = base_config(name, config_file=config_file, overrides=overrides, preset=preset,
-                          settings=[*settings, *extra])
-        return cfg
+        return base_config(name, config_file=config_file, overrides=overrides, preset=preset,
+                           settings=[*settings, *extra])
 
     probe = member_config([])
     folder = Path(out) if out else Path(probe["run"]["runs_dir"]) / f"{name}_{spec.default_folder_suffix()}"
     members = spec.members()
-    configs = {}
+    configs = {member: member_config([*extra, config_mod.Setting("run.runs_dir", str(folder), "set folder"),
+                                      config_mod.Setting("run.name", member, "set member")])
+               for member, extra in members}
     held = {}
-    for member, extra in members:
-        cfg = member_config([*extra, config_mod.Setting("run.runs_dir", str(folder), "set folder"),
-                             config_mod.Setting("run.name", member, "set member")])
-        configs[member] = cfg
-        if spec.kind != "seeds":
-            source = open_source(cfg["data"])
-            scenes = held_out_scenes(cfg["data"], [r.scene for r in training_scenes(source, cfg["data"])])
-            held[member] = sorted(scenes or [])
+    if spec.kind != "seeds":  # the partition keys leave the training scenes as they are: read them once
+        scenes = [r.scene for r in training_scenes(open_source(probe["data"]), probe["data"])]
+        held = {member: sorted(held_out_scenes(cfg["data"], scenes) or []) for member, cfg in configs.items()}
     info = {"format": SET_FORMAT, "learner": name, "kind": spec.kind, "spec": spec.describe(),
             "members": [m for m, _ in members], "held_out_scenes": held}
     existing = read_set(folder)

@@ -46,9 +46,8 @@ def checkpoint_entry(path: str | Path) -> dict:
              "input_size": list(size) if size else None}
     member = set_of_run(ckpt_path.resolve())
     if member is not None:
-        folder = ckpt_path.resolve().parent.parent
-        info = read_set(folder)
-        entry["set"] = {"folder": str(folder), "member": member[1], "kind": info["kind"],
+        _, name, info = member
+        entry["set"] = {"folder": str(ckpt_path.resolve().parent.parent), "member": name, "kind": info["kind"],
                         "partition": partition_digest(info)}
     return entry
 

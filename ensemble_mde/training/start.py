@@ -18,7 +18,7 @@ import torch
 from ensemble_mde import config as config_mod
 from ensemble_mde import distributed, runs
 from ensemble_mde.data import loader_workers
-from ensemble_mde.data.splits import held_out_scenes, training_scenes
+from ensemble_mde.data.splits import held_out_scenes, partition_settings, training_scenes
 from ensemble_mde.device import resolve_device
 from ensemble_mde.errors import DataError
 
@@ -81,9 +81,9 @@ def start_run(cfg: dict, default_name: str, kind: str, *, resume: bool = False, 
     with runs.RunFolder(run_dir).training(resume=resume, force=force) as folder:
         train_set, val_set, eigen_crop = build_splits(view)
         record = cfg[runs.RECORD]
-        held = held_out_scenes(view["data"], [r.scene for r in training_scenes(train_set.source, view["data"])])
-        if held is not None:  # what this run never trained on (a fold or holdout member of a set)
-            record["held_out_scenes"] = sorted(held)
+        if partition_settings(view["data"]) is not None:  # what a fold or holdout member never trained on
+            scenes = [r.scene for r in training_scenes(train_set.source, view["data"])]
+            record["held_out_scenes"] = sorted(held_out_scenes(view["data"], scenes))
         if not record.get("input_size") and not cfg["data"].get("size"):
             record["input_size"] = list(val_set[0]["rgb"].shape[-2:])
         torch.manual_seed(int(cfg["run"]["seed"]))  # identical initial weights for a given seed

@@ -219,10 +219,7 @@ def set_spec(entry: dict, where: str):
     if len(kinds) != 1:
         raise ConfigError(f"{where}.set: give one of seeds, folds, holdout (got {', '.join(kinds) or 'none'})",
                           f"{where}.set")
-    value = made[kinds[0]]
-    return SetSpec(kinds[0], seeds=list(value) if kinds[0] == "seeds" else [],
-                   folds=int(value) if kinds[0] == "folds" else 0,
-                   holdout=float(value) if kinds[0] == "holdout" else 0.0, partition_seed=int(made["partition_seed"]))
+    return SetSpec.of(kinds[0], made[kinds[0]], made["partition_seed"])
 
 
 def data_path(exp: dict) -> Path:

@@ -55,7 +55,9 @@ def add_run_folder_options(p: argparse.ArgumentParser) -> None:
 
 # flag attribute -> the config key it sets (values taken as they are)
 PLAIN_FLAGS = (("data", "data.path"), ("epochs", "train.epochs"), ("batch_size", "train.batch_size"),
-               ("lr", "train.lr"), ("seed", "run.seed"), ("device", "run.device"), ("alpha", "selectivity.alpha"))
+               ("lr", "train.lr"), ("seed", "run.seed"), ("device", "run.device"), ("alpha", "selectivity.alpha"),
+               ("base_lr_factor", "ensemble.base_lr_factor"), ("stacking", "ensemble.stacking"),
+               ("oof_test", "ensemble.oof_test"))
 
 
 def flag_settings(args: argparse.Namespace) -> list[Setting]:

@@ -35,11 +35,10 @@ def set_spec(args):
             seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
         except ValueError:
             raise ConfigError(f"--seeds takes comma-separated integers, got {args.seeds!r}", "--seeds") from None
-        return SetSpec("seeds", seeds=seeds)
-    if args.folds is not None:
-        return SetSpec("folds", folds=args.folds, partition_seed=args.partition_seed)
-    if args.holdout is not None:
-        return SetSpec("holdout", holdout=args.holdout, partition_seed=args.partition_seed)
+        return SetSpec.of("seeds", seeds)
+    for kind in ("folds", "holdout"):
+        if getattr(args, kind) is not None:
+            return SetSpec.of(kind, getattr(args, kind), args.partition_seed)
     return None
 
 

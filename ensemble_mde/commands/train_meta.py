@@ -36,17 +36,11 @@ def register(sub) -> None:
 
 def cmd_train_meta(args) -> int:
     from ensemble_mde import runs
-    from ensemble_mde.config import Setting
     from ensemble_mde.progress import output_console
     from ensemble_mde.runs import run_name
     from ensemble_mde.training.meta import meta_config, train_meta
 
     settings = flag_settings(args)
-    if args.base_lr_factor is not None:
-        settings.append(Setting("ensemble.base_lr_factor", args.base_lr_factor, "--base-lr-factor"))
-    for attr, key in (("stacking", "ensemble.stacking"), ("oof_test", "ensemble.oof_test")):
-        if getattr(args, attr) is not None:
-            settings.append(Setting(key, getattr(args, attr), "--" + attr.replace("_", "-")))
     bases = [b.strip() for b in args.bases.split(",") if b.strip()] if args.bases else None
     cfg = meta_config(inputs=args.inputs, mode=args.mode, bases=bases, config_file=args.config,
                       overrides=args.overrides, preset=args.preset, settings=settings)

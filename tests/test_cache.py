@@ -11,8 +11,8 @@ import torch
 from ensemble_mde.data.augment import augment_rng, augment_sample
 from ensemble_mde.errors import DataError
 from ensemble_mde.io import file_sha256
-from meta_learner.cache import (GZIP_LEVEL, CachedMetaDataset, PredictionCache, data_identity, decode_rows,
-                                encode_rows)
+from meta_learner.cache import (GZIP_LEVEL, CachedMetaDataset, PredictionCache, data_identity, decode_maps,
+                                encode_maps)
 
 from conftest import TinyLearner
 
@@ -102,20 +102,20 @@ def test_cached_predictions_equal_recomputed(setup):
     assert all(torch.equal(by_workers.get(i), cache.get(i)) for i in range(N))
 
 
-def test_row_difference_coding_is_exact_and_packs_smooth_depth_small(tmp_path):
+def test_map_coding_is_exact_and_packs_smooth_depth_small(tmp_path):
     """Every float16 pattern (negatives, 0, inf, subnormals) round-trips exactly, and a
     smooth depth map shrinks several-fold in the gzip'd HDF5 chunk where noise does not."""
     import h5py
 
     patterns = np.arange(2 ** 16, dtype=np.uint16).view(np.float16).reshape(4, 128, 128)
-    assert np.array_equal(decode_rows(encode_rows(patterns)).view(np.uint16), patterns.view(np.uint16))
+    assert np.array_equal(decode_maps(encode_maps(patterns)).view(np.uint16), patterns.view(np.uint16))
     y, x = np.mgrid[0:240, 0:320]
     smooth = (2.0 + 3.0 * x / 320 + 0.5 * np.sin(y / 40.0)).astype(np.float16)[None]
     noise = np.random.default_rng(0).uniform(0.5, 9.5, size=(1, 240, 320)).astype(np.float16)
     sizes = {}
     for name, maps in (("smooth", smooth), ("noise", noise)):
         with h5py.File(tmp_path / f"{name}.h5", "w") as f:
-            f.create_dataset("d", data=encode_rows(maps), chunks=maps.shape, shuffle=True, compression="gzip",
+            f.create_dataset("d", data=encode_maps(maps), chunks=maps.shape, shuffle=True, compression="gzip",
                              compression_opts=GZIP_LEVEL)
             sizes[name] = f["d"].id.get_storage_size()
     assert sizes["smooth"] * 4 < smooth.nbytes and sizes["noise"] > 0.5 * noise.nbytes

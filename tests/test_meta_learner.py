@@ -10,7 +10,7 @@ from ensemble_mde.losses import silog_loss
 from ensemble_mde.profiling import count_gmacs, count_params
 from meta_learner import (BASELINES, MeanEnsemble, MedianEnsemble, OracleEnsemble, StackedEnsemble,
                           WeightedEnsemble, WeightingNetwork, blend)
-from meta_learner.weighting import WeightingOnRgb
+from meta_learner.weighting import RELAXED_INIT_DEPTH, WeightingOnRgb
 
 from conftest import TinyLearner, stage_report
 
@@ -85,6 +85,17 @@ def test_relaxed_head_gives_positive_finite_depth_and_no_weights():
     with torch.no_grad():
         result = ensemble(torch.rand(1, 3, H, W))
     assert "weights" not in result and bool((result["depth"] > 0).all())
+
+
+def test_a_fresh_relaxed_head_starts_alive_at_every_pixel():
+    """Every pixel's depth starts at RELAXED_INIT_DEPTH or above, on the live side of the last
+    ReLU: d depth / d bias is 1 at each pixel (under PyTorch's default init most pixels started
+    dead and the synthetic cpu study's relaxed run never learnt)."""
+    net = WeightingNetwork(3, "rgb+d", head="relaxed").eval()
+    depth = net(torch.rand(2, 3, H, W), 10 * torch.rand(2, 3, H, W))["depth"]
+    assert bool((depth >= RELAXED_INIT_DEPTH).all())
+    depth.sum().backward()
+    assert float(net.relax.bias.grad) == 2 * H * W
 
 
 def test_depth_inputs_are_metres_and_rgb_is_imagenet_normalised():

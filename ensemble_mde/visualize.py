@@ -1,5 +1,5 @@
-"""Depth images: 16-bit millimetre PNGs, colourised depth with a colour bar, weight maps; given
-the image each was predicted from, naming it in its PNG text."""
+"""Depth images: 16-bit millimetre PNGs, colourised depth with a colour bar, weight maps; each
+written atomically and, given the image it was predicted from, naming it in its PNG text."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from ensemble_mde.io import distinct_stems
+from ensemble_mde.io import atomic_write_with, distinct_stems
 
 DEPTH_CMAP = "magma_r"  # near = bright, far = dark
 PREDICTION_SUFFIXES = ("_depth.png", "_depth_color.png", "_weights.png")  # the files of one image's prediction
@@ -67,14 +67,14 @@ def depth_colormap():
 
 
 def save_depth_png(depth: torch.Tensor | np.ndarray, path: Path, *, source: str | Path | None = None) -> None:
-    """[H,W] metres -> 16-bit PNG in millimetres (the NYU/BTS convention; 0 = invalid); source:
-    the image it was predicted from."""
+    """[H,W] metres -> 16-bit PNG in millimetres (the NYU/BTS convention; 0 = invalid, which a
+    depth above 0 never becomes: it is at least 1 mm); source: the image it was predicted from."""
     d = np.asarray(depth, dtype=np.float64)
-    mm = np.clip(np.round(d * 1000.0), 0, 65535).astype(np.uint16)
+    mm = np.where(d > 0, np.clip(np.round(d * 1000.0), 1, 65535), 0).astype(np.uint16)
     info = PngInfo()
     for key, value in source_text(source).items():
         info.add_text(key, value)
-    Image.fromarray(mm).save(path, pnginfo=info)
+    atomic_write_with(path, lambda f: Image.fromarray(mm).save(f, format="PNG", pnginfo=info))
 
 
 def save_colorized_depth(depth, path: Path, *, max_depth: float = 10.0, title: str = "",
@@ -94,7 +94,7 @@ def save_colorized_depth(depth, path: Path, *, max_depth: float = 10.0, title: s
         ax.set_title(title, fontsize=8)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="m")
     fig.tight_layout()
-    fig.savefig(path, metadata=source_text(source))
+    atomic_write_with(path, lambda f: fig.savefig(f, format="png", metadata=source_text(source)))
     plt.close(fig)
 
 
@@ -111,5 +111,5 @@ def save_weight_maps(weights: torch.Tensor, names, path: Path, *, source: str | 
         ax.set_title(f"weight: {names[i]}", fontsize=9)
         ax.set_axis_off()
     fig.colorbar(im, ax=list(axes[0]), fraction=0.02, pad=0.02)
-    fig.savefig(path, dpi=100, metadata=source_text(source))
+    atomic_write_with(path, lambda f: fig.savefig(f, format="png", dpi=100, metadata=source_text(source)))
     plt.close(fig)

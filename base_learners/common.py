@@ -20,6 +20,14 @@ def valid_mask(depth: torch.Tensor, min_depth: float, max_depth: float) -> torch
     return (depth > min_depth) & (depth < max_depth)
 
 
+def clamp_depth(depth: torch.Tensor, min_depth: float, max_depth: float) -> torch.Tensor:
+    """Depth [B,1,H,W] metres clipped to [min_depth, max_depth], the range the metrics score in
+    (a depth of 0 or less would mean "no depth" in a saved PNG). The gradient passes straight
+    through, as if unclipped, so that a pixel outside the range still learns its way back (the
+    value is exactly the clipped one: x - x is 0)."""
+    return depth.clamp(min_depth, max_depth).detach() + (depth - depth.detach())
+
+
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
     """Replicate-pad H and W at the bottom/right up to a multiple; returns (padded, (H, W))."""
     h, w = x.shape[-2:]
@@ -47,8 +55,5 @@ class DepthLearner(nn.Module):
         return valid_mask(depth, self.min_depth, self.max_depth)
 
     def clamp_depth(self, depth: torch.Tensor) -> torch.Tensor:
-        """The depth a learner outputs: clipped to [min_depth, max_depth] metres, the range the
-        metrics score in (a depth of 0 or less would mean "no depth" in a saved PNG). The
-        gradient passes straight through, as if unclipped, so that a pixel outside the range
-        still learns its way back (the value is exactly the clipped one: x - x is 0)."""
-        return depth.clamp(self.min_depth, self.max_depth).detach() + (depth - depth.detach())
+        """The depth a learner outputs: `clamp_depth` to its range."""
+        return clamp_depth(depth, self.min_depth, self.max_depth)

@@ -11,7 +11,7 @@ import pickle
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from ensemble_mde.errors import CheckpointError, DataError, EnsembleError
 
@@ -148,11 +148,14 @@ def exclusive_lock(path: str | Path, what: str, advice: str) -> Iterator[None]:
         os.close(fd)
 
 
-def distinct_stems(paths: list[str | Path]) -> list[str]:
+def distinct_stems(paths: list[str | Path], taken: Callable[[str | Path, str], bool] | None = None) -> list[str]:
     """A stem for the output files of each input path, no two alike (ignoring case, as some
-    file systems do): the stem (`kitchen`); where stems clash, the name with its extension
+    file systems do): the stem (`kitchen`); where stems clash, or `taken(path, stem)` says a
+    stem is not free for that path (a file of that name exists), the name with its extension
     (`kitchen_png`, `kitchen_jpg`), then with as many parent folders as it takes
-    (`a_kitchen_jpg`); the same file given twice is numbered (`kitchen_2`)."""
+    (`a_kitchen_jpg`); the same file given twice, or a name no folder frees, is numbered
+    (`kitchen_2`)."""
+    taken = taken or (lambda path, stem: False)
     resolved = [Path(os.path.abspath(p)) for p in paths]
     folders = [[part for part in p.parent.parts if part != p.anchor] for p in resolved]
     levels = [0] * len(paths)
@@ -167,16 +170,22 @@ def distinct_stems(paths: list[str | Path]) -> list[str]:
         clashes: dict[str, list[int]] = {}
         for i, s in enumerate(stems):
             clashes.setdefault(s.casefold(), []).append(i)
-        grow = [i for group in clashes.values() if len({str(resolved[j]).casefold() for j in group}) > 1
-                for i in group if levels[i] <= len(folders[i])]  # one file twice: no name tells it apart
+        grow = {i for group in clashes.values() if len({str(resolved[j]).casefold() for j in group}) > 1
+                for i in group}  # one file twice: no name tells it apart
+        grow |= {i for i in range(len(paths)) if taken(paths[i], stems[i])}
+        grow = {i for i in grow if levels[i] <= len(folders[i])}
         if not grow:
             break
         for i in grow:
             levels[i] += 1
-    out, seen = [], {}
-    for s in stems:
-        seen[s.casefold()] = seen.get(s.casefold(), 0) + 1
-        out.append(s if seen[s.casefold()] == 1 else f"{s}_{seen[s.casefold()]}")
+    reserved, used, out = {s.casefold() for s in stems}, set(), []
+    for path, s in zip(paths, stems):
+        name, n = s, 1
+        while name.casefold() in used or taken(path, name) or (n > 1 and name.casefold() in reserved):
+            n += 1
+            name = f"{s}_{n}"
+        used.add(name.casefold())
+        out.append(name)
     return out
 
 

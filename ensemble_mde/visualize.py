@@ -1,14 +1,50 @@
-"""Depth images: 16-bit millimetre PNGs, colourised depth with a colour bar, weight maps."""
+"""Depth images: 16-bit millimetre PNGs, colourised depth with a colour bar, weight maps; each
+written atomically and, given the image it was predicted from, naming it in its PNG text."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+
+from ensemble_mde.io import atomic_write_with, distinct_stems
 
 DEPTH_CMAP = "magma_r"  # near = bright, far = dark
+PREDICTION_SUFFIXES = ("_depth.png", "_depth_color.png", "_weights.png")  # the files of one image's prediction
+SOURCE_KEY = "Source"  # PNG text: the absolute path of the image a file was predicted from
+
+
+def source_text(image: str | Path | None) -> dict[str, str]:
+    """The PNG text that names `image` as the source of a prediction ({} for None)."""
+    return {} if image is None else {SOURCE_KEY: os.path.abspath(image)}
+
+
+def made_from(path: Path) -> str | None:
+    """The image a PNG was predicted from, as its Source text says; None for a file without
+    one (not written by predict, or not a PNG)."""
+    try:
+        with Image.open(path) as png:
+            return png.info.get(SOURCE_KEY)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return None
+
+
+def prediction_stems(images: list[str | Path], out: Path) -> list[str]:
+    """The stem of each image's prediction files in `out` (io.distinct_stems), never that of a
+    file there predicted from another image, or not by predict, or that is one of `images`:
+    an image's own earlier prediction is replaced, no other file."""
+    inputs = {os.path.abspath(image) for image in images}
+
+    def taken(image, stem: str) -> bool:
+        files = [out / f"{stem}{suffix}" for suffix in PREDICTION_SUFFIXES]
+        return any(f.exists() and (os.path.abspath(f) in inputs or made_from(f) != os.path.abspath(image))
+                   for f in files)
+
+    return distinct_stems(images, taken)
 
 
 def pyplot():
@@ -30,16 +66,21 @@ def depth_colormap():
     return ListedColormap(plt.get_cmap(DEPTH_CMAP)(np.linspace(0.0, 0.85, 256))).with_extremes(bad="black")
 
 
-def save_depth_png(depth: torch.Tensor | np.ndarray, path: Path) -> None:
-    """[H,W] metres -> 16-bit PNG in millimetres (the NYU/BTS convention; 0 = invalid)."""
+def save_depth_png(depth: torch.Tensor | np.ndarray, path: Path, *, source: str | Path | None = None) -> None:
+    """[H,W] metres -> 16-bit PNG in millimetres (the NYU/BTS convention; 0 = invalid, which a
+    depth above 0 never becomes: it is at least 1 mm); source: the image it was predicted from."""
     d = np.asarray(depth, dtype=np.float64)
-    mm = np.clip(np.round(d * 1000.0), 0, 65535).astype(np.uint16)
-    Image.fromarray(mm).save(path)
+    mm = np.where(d > 0, np.clip(np.round(d * 1000.0), 1, 65535), 0).astype(np.uint16)
+    info = PngInfo()
+    for key, value in source_text(source).items():
+        info.add_text(key, value)
+    atomic_write_with(path, lambda f: Image.fromarray(mm).save(f, format="PNG", pnginfo=info))
 
 
-def save_colorized_depth(depth, path: Path, *, max_depth: float = 10.0, title: str = "") -> None:
+def save_colorized_depth(depth, path: Path, *, max_depth: float = 10.0, title: str = "",
+                         source: str | Path | None = None) -> None:
     """[H,W] metres -> PNG with a colour bar in metres spanning the map's valid range
-    (near = bright; invalid pixels black)."""
+    (near = bright; invalid pixels black); source: the image it was predicted from."""
     plt = pyplot()
     d = np.asarray(depth, dtype=np.float32)
     h, w = d.shape
@@ -53,12 +94,13 @@ def save_colorized_depth(depth, path: Path, *, max_depth: float = 10.0, title: s
         ax.set_title(title, fontsize=8)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="m")
     fig.tight_layout()
-    fig.savefig(path)
+    atomic_write_with(path, lambda f: fig.savefig(f, format="png", metadata=source_text(source)))
     plt.close(fig)
 
 
-def save_weight_maps(weights: torch.Tensor, names, path: Path) -> None:
-    """[K,H,W] per-pixel learner weights in [0,1] -> one PNG with a panel per learner."""
+def save_weight_maps(weights: torch.Tensor, names, path: Path, *, source: str | Path | None = None) -> None:
+    """[K,H,W] per-pixel learner weights in [0,1] -> one PNG with a panel per learner; source:
+    the image they were predicted for."""
     plt = pyplot()
     w = np.asarray(weights, dtype=np.float32)
     k = w.shape[0]
@@ -69,5 +111,5 @@ def save_weight_maps(weights: torch.Tensor, names, path: Path) -> None:
         ax.set_title(f"weight: {names[i]}", fontsize=9)
         ax.set_axis_off()
     fig.colorbar(im, ax=list(axes[0]), fraction=0.02, pad=0.02)
-    fig.savefig(path, dpi=100)
+    atomic_write_with(path, lambda f: fig.savefig(f, format="png", dpi=100, metadata=source_text(source)))
     plt.close(fig)

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from base_learners.common import valid_mask
+from base_learners.common import clamp_depth, valid_mask
 from ensemble_mde.errors import ModelError
 from ensemble_mde.evaluation import resize_rgb
 from ensemble_mde.losses import silog_loss
@@ -83,10 +83,10 @@ class MeanOfMembers(nn.Module):
 
 class StackedEnsemble(nn.Module):
     """forward(rgb [B,3,H,W] in [0,1], base_depths [B,K,H,W] | None) ->
-    {"depth": [B,1,H,W], "weights": [B,K,H,W] (softmax head only), "base_depths": [B,K,H,W]}
-    (+ "base_outputs": each base's output dict, when the bases ran). input_sizes: each base's
-    own input size [h, w] (None: the ensemble's) for frames of `grid_size` (the ensemble's
-    input size), see `run_bases`."""
+    {"depth": [B,1,H,W] metres in [min_depth, max_depth] (`clamp_depth`), "weights": [B,K,H,W]
+    (softmax head only), "base_depths": [B,K,H,W]} (+ "base_outputs": each base's output dict,
+    when the bases ran). input_sizes: each base's own input size [h, w] (None: the ensemble's)
+    for frames of `grid_size` (the ensemble's input size), see `run_bases`."""
 
     def __init__(self, bases: list[nn.Module], meta: WeightingNetwork, names: list[str], mode: str = "freeze",
                  min_depth: float = 1e-3, max_depth: float = 10.0, input_sizes: list | None = None,
@@ -139,8 +139,9 @@ class StackedEnsemble(nn.Module):
         meta = self.meta(rgb, base_depths)
         if "weights" in meta:
             out = {"depth": blend(meta["weights"], base_depths), "weights": meta["weights"], "base_depths": base_depths}
-        else:  # the relaxed head: depth directly, no weights
+        else:  # the relaxed head: depth directly, no weights, in (0, inf) as the network says
             out = {"depth": meta["depth"], "base_depths": base_depths}
+        out["depth"] = clamp_depth(out["depth"], self.min_depth, self.max_depth)  # as a learner's depth is
         if base_outputs is not None:
             out["base_outputs"] = base_outputs
         return out

@@ -12,7 +12,10 @@ def register(sub) -> None:
                        description="Predict depth for images of any size (turned upright as their EXIF "
                                    "orientation says, resized to the run's input size, the depth resized back). "
                                    "Outputs are named after each image's stem, with its extension and folders "
-                                   "added where two images would share a name.")
+                                   "added where two images would share a name, or where --out holds a file of that "
+                                   "name that is one of the images or was not made from that image (each PNG names "
+                                   "its image in its 'Source' text): an image's own earlier outputs are replaced, "
+                                   "no other file.")
     p.add_argument("run", help="run folder or checkpoint")
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--out", default="predictions", metavar="DIR")
@@ -28,17 +31,17 @@ def cmd_predict(args) -> int:
     from ensemble_mde.data import load_rgb
     from ensemble_mde.evaluation import resize_rgb
     from ensemble_mde.runs import model_input_size
-    from ensemble_mde.io import distinct_stems
     from ensemble_mde.loading import load_any_run
     from ensemble_mde.metrics import flip_tta
-    from ensemble_mde.visualize import save_colorized_depth, save_depth_png, save_weight_maps
+    from ensemble_mde.visualize import (PREDICTION_SUFFIXES, prediction_stems, save_colorized_depth, save_depth_png,
+                                        save_weight_maps)
 
     device = resolve_device(args.device or "auto")
     model, cfg = load_any_run(args.run, device=device, for_inference=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     size = model_input_size(cfg)
-    for image, stem in zip(args.images, distinct_stems(args.images)):
+    for image, stem in zip(args.images, prediction_stems(args.images, out)):
         rgb = load_rgb(image, upright=True)  # [3,H,W] in [0,1]; grayscale/RGBA converted
         h, w = rgb.shape[-2:]
         in_size = size or (h, w)
@@ -48,16 +51,17 @@ def cmd_predict(args) -> int:
             depth = flip_tta(lambda t: model(t)["depth"], x) if args.flip_tta else outputs["depth"]
             depth = torch.nn.functional.interpolate(depth.float(), size=(h, w), mode="bilinear",
                                                     align_corners=False)[0, 0].cpu()
-        save_depth_png(depth, out / f"{stem}_depth.png")
-        save_colorized_depth(depth, out / f"{stem}_depth_color.png", max_depth=cfg["data"]["max_depth"],
-                             title=f"{Path(image).name}: depth (m)")
-        written = [f"{stem}_depth.png", f"{stem}_depth_color.png"]
+        depth_png, color_png, weights_png = (out / f"{stem}{suffix}" for suffix in PREDICTION_SUFFIXES)
+        save_depth_png(depth, depth_png, source=image)
+        save_colorized_depth(depth, color_png, max_depth=cfg["data"]["max_depth"],
+                             title=f"{Path(image).name}: depth (m)", source=image)
+        written = [depth_png, color_png]
         if "weights" in outputs:
-            save_weight_maps(outputs["weights"][0].float().cpu(), getattr(model, "names", None),
-                             out / f"{stem}_weights.png")
-            written.append(f"{stem}_weights.png")
+            save_weight_maps(outputs["weights"][0].float().cpu(), getattr(model, "names", None), weights_png,
+                             source=image)
+            written.append(weights_png)
         note = ("; no weight map: the relaxed head predicts depth, not weights"
                 if "base_depths" in outputs and "weights" not in outputs else "")
         print(f"{image}: depth {float(depth.min()):.2f}-{float(depth.max()):.2f} m "
-              f"(median {float(depth.median()):.2f}) -> {', '.join(str(out / n) for n in written)}{note}")
+              f"(median {float(depth.median()):.2f}) -> {', '.join(map(str, written))}{note}")
     return 0

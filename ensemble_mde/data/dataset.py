@@ -214,7 +214,8 @@ class LabeledSource:
         self.mat = readers.LabeledMat(path)
         self.root = str(path)
         if self.mat.frames != LABELED_FRAMES:
-            raise DataError(f"has {self.mat.frames} frames; the official NYU split needs {LABELED_FRAMES}", path)
+            raise DataError(f"has {plural(self.mat.frames, 'frame')}; the official NYU split needs {LABELED_FRAMES}",
+                            path)
         self._scenes = self.mat.scenes()
         self.real_scenes = self._scenes is not None
 

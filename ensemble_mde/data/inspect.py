@@ -173,7 +173,7 @@ def format_report(report: dict) -> str:
         lines.append(f"  {split:<5}  {plural(s['count'], 'frame')}, {plural(s['scenes'], 'scene')}; "
                      f"{sizes or '-'} (HxW); depth {encodings or '-'}, {depth}, holes {holes}; {s['read']} read")
     if report["errors"]:
-        lines.append(f"{report['error_count']} problem(s):")
+        lines.append(f"{plural(report['error_count'], 'problem')}:")
         lines += [f"  {e}" for e in report["errors"][:20]]
         if report["error_count"] > 20:
             lines.append(f"  ... and {report['error_count'] - 20} more")

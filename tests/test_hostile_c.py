@@ -4,9 +4,47 @@ counted; a listed file has one key however it is spelled (absolute, `./`), so re
 train/test overlap are caught; counts read '1 problem', not '1 problem(s)'."""
 
 import h5py
+import pytest
 
-from test_data_readers import labeled_frames, write_densedepth
+from test_data_readers import labeled_frames, write_bts, write_densedepth
 from test_hostile_input import cli, error_line
+
+
+def bts_folder(folder):
+    return write_bts(folder, {"a_train_files.txt": [("kitchen_0001", 1), ("bath_0002", 2), ("study_0003", 3)],
+                              "a_test_files.txt": [("kitchen", 9)]})
+
+
+def _empty(lst):
+    lst.write_bytes(b"")
+    return "the {split} split is empty ({list})"
+
+
+def _binary(lst):
+    lst.write_bytes(bytes(range(128, 256)))
+    return "{list}: not a UTF-8 text file"
+
+
+def _two_columns(lst):
+    lst.write_text("".join(line.rsplit(" ", 1)[0] + "\n" for line in lst.read_text().splitlines()))
+    return "{list}: line 1: expected '<rgb> <depth> <focal>'"
+
+
+def _four_columns(lst):
+    lst.write_text("".join(line + " extra\n" for line in lst.read_text().splitlines()))
+    return "{list}: line 1: expected '<rgb> <depth> <focal>'"
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+@pytest.mark.parametrize("damage", [_empty, _binary, _two_columns, _four_columns])
+def test_data_check_of_a_broken_bts_list_is_a_problem_not_an_absent_split(capsys, tmp_path, split, damage):
+    folder = bts_folder(tmp_path / "bts")
+    lst = folder / f"a_{split}_files.txt"
+    problem = damage(lst).format(split=split, list=lst)
+    code, out, err = cli(capsys, "data", "check", folder)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and problem in lines[0], err
+    assert "ok: every listed file" not in out and f"1 problem:\n  {problem}" in out
 
 
 def test_counts_in_messages_are_singular_for_one(capsys, tmp_path):

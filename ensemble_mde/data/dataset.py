@@ -143,7 +143,10 @@ class BtsSource(ImagePairSource):
         if self.path.is_file() and readers.list_keyword(self.path) in (key, None):
             return self.path
         folder = self.path.parent if self.path.is_file() else self.path
-        found = [p for p in readers.bts_lists_in(folder) if readers.list_keyword(p) == key]
+        named = sorted(p for p in folder.glob("*.txt") if p.is_file() and readers.list_keyword(p) == key)
+        # A lone *train*.txt that is no list (empty, binary, other columns) is still the list the
+        # user meant: reading it says what is wrong, where skipping it would drop the split unsaid.
+        found = [p for p in named if readers.is_bts_list(p)] or named
         if len(found) == 1:
             return found[0]
         what = f"{len(found)} {key} list files" if found else f"no {key} list file"

@@ -3,7 +3,11 @@ and 16): a broken list is a problem, never a silently absent split; a few NaN/in
 counted; a listed file has one key however it is spelled (absolute, `./`), so repeats and
 train/test overlap are caught; counts read '1 problem', not '1 problem(s)'."""
 
+import json
+from importlib import resources
+
 import h5py
+import numpy as np
 import pytest
 
 from test_data_readers import labeled_frames, write_bts, write_densedepth
@@ -45,6 +49,25 @@ def test_data_check_of_a_broken_bts_list_is_a_problem_not_an_absent_split(capsys
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and problem in lines[0], err
     assert "ok: every listed file" not in out and f"1 problem:\n  {problem}" in out
+
+
+def test_data_check_counts_a_few_nan_and_inf_depths_whose_share_rounds_to_zero(capsys, tmp_path):
+    images, depths, raw = labeled_frames()
+    first_test = int(resources.files("ensemble_mde.data").joinpath("nyu_labeled_test.txt").read_text().split()[0])
+    raw[first_test - 1, 3, 2] = np.nan  # one frame of the 200 read (the first is always read)
+    raw[first_test - 1, 4, 2] = np.inf
+    path = tmp_path / "nyu_depth_v2_labeled.mat"
+    with h5py.File(path, "w") as f:
+        f["images"], f["depths"], f["rawDepths"] = images, depths, raw
+    code, out, err = cli(capsys, "data", "check", path, "--json")
+    test = json.loads(out)["splits"]["test"]
+    assert code == 0, err
+    assert test["read"] == 200 and test["non_finite_pixels"] == 2
+    assert test["hole_fraction"] == pytest.approx((200 * 6 + 2) / (200 * 48), abs=1e-4)  # the x = 0 column too
+    assert all(np.isfinite(test["depth_range_m"])) and test["depth_range_m"][1] < 10
+    code, out, _ = cli(capsys, "data", "check", path)
+    test_line = next(line for line in out.splitlines() if line.startswith("  test "))
+    assert "holes 12.5% (2 pixels NaN or inf)" in test_line and "inf m" not in test_line
 
 
 def test_counts_in_messages_are_singular_for_one(capsys, tmp_path):

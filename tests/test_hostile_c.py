@@ -70,6 +70,36 @@ def test_data_check_counts_a_few_nan_and_inf_depths_whose_share_rounds_to_zero(c
     assert "holes 12.5% (2 pixels NaN or inf)" in test_line and "inf m" not in test_line
 
 
+def test_densedepth_absolute_paths_are_kept_as_listed(capsys, tmp_path):
+    root = write_densedepth(tmp_path / "dd")
+    csv = root / "data" / "nyu2_train.csv"
+    csv.write_text("".join(",".join(f"{root}/{p}" for p in line.split(",")) + "\n"
+                           for line in csv.read_text().splitlines()))
+    code, out, err = cli(capsys, "data", "check", root)
+    assert code == 0 and "ok: every listed file is present" in out, err
+    gone = tmp_path / "elsewhere" / "kitchen_0001_out" / "9.jpg"
+    csv.write_text(csv.read_text() + f"{gone},{gone.with_suffix('.png')}\n")
+    # the validation split is carved from train here: its files are listed in the train CSV
+    assert error_line(capsys, "data", "check", root) == (
+        f"error: {gone}: file not found (listed in {csv}) (and 1 more problem)")
+
+
+def test_one_file_spelled_two_ways_is_a_repeat_and_an_overlap(capsys, tmp_path):
+    root = write_densedepth(tmp_path / "dd")
+    train, test = root / "data" / "nyu2_train.csv", root / "data" / "nyu2_test.csv"
+    original = train.read_text()
+    first = original.splitlines()[0]
+    train.write_text(original + "./" + first.replace(",", ",./") + "\n")
+    rgb = root / first.split(",")[0]
+    assert error_line(capsys, "data", "check", root) == (
+        f"error: {rgb}: listed more than once in the train split ({train}); remove the repeated lines")
+    train.write_text(original)
+    test.write_text(test.read_text() + "data//" + first.removeprefix("data/") + "\n")
+    code, out, err = cli(capsys, "data", "check", root, "--json")
+    assert code == 2 and json.loads(out)["overlap"]["frames"] == 1, err
+    assert err.strip().startswith(f"error: 1 test frame is also listed for training (e.g. {rgb})")
+
+
 def test_counts_in_messages_are_singular_for_one(capsys, tmp_path):
     root = write_densedepth(tmp_path / "dd", scenes={"kitchen_0001": 2})
     code, out, err = cli(capsys, "data", "check", root)

@@ -65,6 +65,7 @@ def _config(args) -> dict:
 
 
 def cmd_check(args) -> int:
+    from ensemble_mde.data.dataset import plural
     from ensemble_mde.data.inspect import check_dataset, format_report
     from ensemble_mde.errors import DataError
 
@@ -72,7 +73,7 @@ def cmd_check(args) -> int:
     print(json.dumps(report) if args.json else format_report(report))
     if report["errors"]:
         more = report["error_count"] - 1
-        raise DataError(report["errors"][0] + (f" (and {more} more problem(s))" if more else ""))
+        raise DataError(report["errors"][0] + (f" (and {plural(more, 'more problem')})" if more else ""))
     return 0
 
 

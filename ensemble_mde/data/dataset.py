@@ -12,6 +12,7 @@ resizes it to `data.size` and augments it.
 from __future__ import annotations
 
 import hashlib
+import posixpath
 from importlib import resources
 from pathlib import Path
 
@@ -79,10 +80,18 @@ class DenseDepthSource(ImagePairSource):
             self.root = str(root)
         self.is_synthetic = self.store.exists(self._key(readers.SYNTHETIC_MARKER))
 
-    def _key(self, rel: str) -> str:
-        return self.prefix + rel.replace("\\", "/").lstrip("/")
+    def _key(self, listed: str) -> str:
+        """The store key of a listed path: relative to the folder holding `data/`, or on disk an
+        absolute path as it is; normalised (`./a//b` is `a/b`) so that one file has one key."""
+        listed = posixpath.normpath(listed.replace("\\", "/"))
+        if listed.startswith("/") and isinstance(self.store, readers.FolderStore):
+            return listed
+        return self.prefix + listed.lstrip("/")
 
     def listing(self, split: str) -> str:
+        """The CSV that lists `split` (for a validation split carved from train, the train CSV)."""
+        if split == "val" and not self.has("val"):
+            split = "train"
         return self.store.where(self._key(readers.DENSEDEPTH_CSV[split]))
 
     def has(self, split: str) -> bool:
@@ -103,9 +112,10 @@ class DenseDepthSource(ImagePairSource):
             raise DataError("not a UTF-8 text file", self.store.where(key)) from None
         out = []
         for rgb, depth in readers.read_csv_pairs(text, self.store.where(key)):
-            stem = rgb.rsplit(".", 1)[0]
+            rgb_key = self._key(rgb)
+            stem = rgb_key.removeprefix(self.prefix).rsplit(".", 1)[0]  # as listed relative to the root
             name = stem[len("data/"):] if stem.startswith("data/") else stem
-            out.append(Record(name=name, scene=densedepth_scene(rgb), rgb=self._key(rgb), depth=self._key(depth)))
+            out.append(Record(name=name, scene=densedepth_scene(rgb), rgb=rgb_key, depth=self._key(depth)))
         return out
 
 
@@ -143,7 +153,10 @@ class BtsSource(ImagePairSource):
         if self.path.is_file() and readers.list_keyword(self.path) in (key, None):
             return self.path
         folder = self.path.parent if self.path.is_file() else self.path
-        found = [p for p in readers.bts_lists_in(folder) if readers.list_keyword(p) == key]
+        named = sorted(p for p in folder.glob("*.txt") if p.is_file() and readers.list_keyword(p) == key)
+        # A lone *train*.txt that is no list (empty, binary, other columns) is still the list the
+        # user meant: reading it says what is wrong, where skipping it would drop the split unsaid.
+        found = [p for p in named if readers.is_bts_list(p)] or named
         if len(found) == 1:
             return found[0]
         what = f"{len(found)} {key} list files" if found else f"no {key} list file"
@@ -214,7 +227,8 @@ class LabeledSource:
         self.mat = readers.LabeledMat(path)
         self.root = str(path)
         if self.mat.frames != LABELED_FRAMES:
-            raise DataError(f"has {self.mat.frames} frames; the official NYU split needs {LABELED_FRAMES}", path)
+            raise DataError(f"has {plural(self.mat.frames, 'frame')}; the official NYU split needs {LABELED_FRAMES}",
+                            path)
         self._scenes = self.mat.scenes()
         self.real_scenes = self._scenes is not None
 

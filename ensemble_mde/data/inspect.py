@@ -53,6 +53,7 @@ def _frame_stats(dataset: DepthDataset, indices: list[int], errors: list[str]) -
         "depth_range_m": [round(lo, 4), round(hi, 4)] if read else None,
         "hole_fraction": round(holes / pixels, 4) if pixels else None,
         "non_finite_fraction": round(non_finite / pixels, 4) if pixels else None,
+        "non_finite_pixels": non_finite,
     }
 
 
@@ -168,12 +169,14 @@ def format_report(report: dict) -> str:
         lo_hi = s["depth_range_m"]
         depth = f"{lo_hi[0]:.2f}-{lo_hi[1]:.2f} m" if lo_hi else "-"
         holes = f"{100 * s['hole_fraction']:.1f}%" if s["hole_fraction"] is not None else "-"
-        if s.get("non_finite_fraction"):
-            holes += f" ({100 * s['non_finite_fraction']:.1f}% NaN or inf)"
+        if s["non_finite_pixels"]:  # worth a word even where their share rounds to 0.0%
+            share = s["non_finite_fraction"]
+            amount = f"{100 * share:.1f}%" if share >= 0.0005 else plural(s["non_finite_pixels"], "pixel")
+            holes += f" ({amount} NaN or inf)"
         lines.append(f"  {split:<5}  {plural(s['count'], 'frame')}, {plural(s['scenes'], 'scene')}; "
                      f"{sizes or '-'} (HxW); depth {encodings or '-'}, {depth}, holes {holes}; {s['read']} read")
     if report["errors"]:
-        lines.append(f"{report['error_count']} problem(s):")
+        lines.append(f"{plural(report['error_count'], 'problem')}:")
         lines += [f"  {e}" for e in report["errors"][:20]]
         if report["error_count"] > 20:
             lines.append(f"  ... and {report['error_count'] - 20} more")

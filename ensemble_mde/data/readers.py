@@ -258,7 +258,9 @@ def read_bts_list(path: Path) -> list[tuple[str, str, float]]:
     order mark is dropped."""
     try:
         lines = Path(path).read_text(encoding="utf-8-sig").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
+    except UnicodeDecodeError:
+        raise DataError("not a UTF-8 text file", path) from None
+    except OSError as e:
         raise DataError(f"cannot read list file ({one_line(e)})", path) from None
     rows = []
     for n, line in enumerate(lines, start=1):

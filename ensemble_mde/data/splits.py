@@ -110,8 +110,8 @@ def split_records(source, split: str, cfg_data: dict) -> list[Record]:
         train = source.records("train")
         val = validation_scenes(source, cfg_data, train)
         if not val:
-            raise DataError(f"no val split: the train split has {len({r.scene for r in train})} scene(s); "
-                            "a scene-disjoint validation split needs at least 2", source.root)
+            raise DataError("no val split: a scene-disjoint validation split needs at least 2 training scenes, "
+                            f"the train split has {len({r.scene for r in train})}", source.root)
         return [r for r in train if r.scene in val]
     train = training_scenes(source, cfg_data)
     held_out = held_out_scenes(cfg_data, [r.scene for r in train])

@@ -140,10 +140,14 @@ class RunFolder:
             with exclusive_lock(self.path / LOCK_FILE, f"run folder {self.path}",
                                 "wait for that run to finish, or choose another --out"):
                 held = self.holds_a_run()
-                if held and not resume:
+                if held and not (resume and self.last.is_file()):
                     if not force:
-                        raise CheckpointError(f"run folder already holds a run ({', '.join(held)}); pass --resume "
-                                              "to continue it or --force to overwrite it", self.path)
+                        if resume:  # it would start afresh and overwrite what the folder holds
+                            raise CheckpointError(f"run folder holds a run ({', '.join(held)}) but no last.pt to "
+                                                  "resume it from; pass --force to overwrite it", self.path)
+                        advice = "pass --resume to continue it or --force" if resumable else "pass --force"
+                        raise CheckpointError(f"run folder already holds a run ({', '.join(held)}); {advice} "
+                                              "to overwrite it", self.path)
                     for path in self.outputs():
                         path.unlink(missing_ok=True)
                 yield self

@@ -227,11 +227,13 @@ def data_path(exp: dict) -> Path:
 
 
 def _synth_matches(root: Path, synth: dict) -> bool:
+    """Whether `root` holds the data `synth` renders (a damaged marker: no, render it again)."""
     marker = root / "synthetic.json"
-    if not marker.is_file():
+    try:
+        made = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return False
-    made = json.loads(marker.read_text())
-    return (made.get("counts") == {k: synth[k] for k in ("train", "val", "test")}
+    return isinstance(made, dict) and (made.get("counts") == {k: synth[k] for k in ("train", "val", "test")}
             and list(made.get("size", [])) == list(synth["size"]) and made.get("seed") == synth["seed"])
 
 
@@ -393,7 +395,19 @@ def plan(exp: dict, say=print) -> list[Step]:
 def run_experiment(exp: dict, *, progress: bool = True, console=None) -> dict:
     """Run the plan: an overall progress bar of the steps, each step's own bars beneath it.
     Writes <out>/experiment.json (steps, status, seconds). Returns {"steps", "comparison",
-    "report", "seconds"}."""
+    "report", "seconds"}. The experiment folder is locked meanwhile (`io.exclusive_lock`):
+    a second run of it would render the data again under the first one's training and
+    interleave its steps.json with the first one's."""
+    from ensemble_mde.io import exclusive_lock
+    from ensemble_mde.runs import LOCK_FILE
+
+    out = Path(exp["out"])
+    with exclusive_lock(out / LOCK_FILE, f"experiment folder {out}",
+                        "wait for that experiment to finish, or choose another --out"):
+        return _run_steps(exp, progress, console)
+
+
+def _run_steps(exp: dict, progress: bool, console) -> dict:
     from rich.markup import escape
 
     from ensemble_mde.compare import print_tables
@@ -402,7 +416,6 @@ def run_experiment(exp: dict, *, progress: bool = True, console=None) -> dict:
 
     console = console or output_console()
     out = Path(exp["out"])
-    out.mkdir(parents=True, exist_ok=True)
     records_file = out / STEPS_FILE
     recorded = read_json(records_file) if records_file.is_file() else {}
     started = time.perf_counter()

@@ -8,7 +8,10 @@ import hashlib
 import json
 import os
 import pickle
+import re
 import tempfile
+import zipfile
+import zlib
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
@@ -89,31 +92,74 @@ def read_jsonl(path: str | Path) -> tuple[list[dict], list[int]]:
     return records, skipped
 
 
-def _checkpoint_problem(path: Path, error: Exception) -> str:
-    """What is wrong with a checkpoint torch.load refused, in words a user can act on."""
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save's archive (PyTorch >= 1.6)
+LEGACY_MAGIC = b"\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"  # the pickled magic number that opens torch.save's older format
+DAMAGED = "the file is truncated or damaged (an interrupted copy or write?); copy it again or use another"
+NEWER_TORCH = re.compile(r"version (\d+), but the maximum supported version for reading is (\d+)")
+
+
+def _damaged_member(archive: zipfile.ZipFile) -> str | None:
+    """The first member of a zip checkpoint whose bytes do not match their stored CRC-32
+    (torch.load does not check them: a flipped bit would load as a wrong weight), or None.
+    Members saved without a checksum (CRC 0: torch.serialization.set_crc32_options(False))
+    are not checked. Reads the whole file (0.1 s per 50 MB)."""
+    for info in archive.infolist():
+        if info.CRC:
+            try:
+                with archive.open(info) as member:
+                    while member.read(1 << 20):
+                        pass
+            except (zipfile.BadZipFile, zlib.error, EOFError):
+                return info.filename
+    return None
+
+
+def _file_problem(path: Path) -> str | None:
+    """What keeps the file from being a whole PyTorch checkpoint, told from its bytes before
+    torch.load reads it (torch's own messages are pages long), or None."""
     if path.stat().st_size == 0:
         return "the file is empty"
-    if isinstance(error, pickle.UnpicklingError):
+    with open(path, "rb") as f:
+        head = f.read(32)
+    if not head.startswith(ZIP_MAGIC):
+        return None if head.startswith(b"\x80") and LEGACY_MAGIC in head else "not a PyTorch checkpoint"
+    if not zipfile.is_zipfile(path):  # no zip directory at its end: cut short
+        return DAMAGED
+    with zipfile.ZipFile(path) as archive:
+        if not any(name.endswith("/data.pkl") for name in archive.namelist()):
+            return "not a PyTorch checkpoint (a zip archive of other files)"
+        return DAMAGED if _damaged_member(archive) else None
+
+
+def _load_problem(error: Exception) -> str:
+    """What is wrong with a PyTorch checkpoint that torch.load refused, in words a user can act on."""
+    newer = NEWER_TORCH.search(str(error))
+    if newer:
+        import torch
+
+        return (f"saved by a newer PyTorch (file format version {newer[1]}; torch {torch.__version__} reads up "
+                f"to {newer[2]}); upgrade PyTorch to load it")
+    if isinstance(error, pickle.UnpicklingError) and "Unsupported operand" not in str(error):
         return ("it holds Python objects besides tensors and plain data, which could run code when loaded; "
                 "only weights are loaded (torch.load weights_only=True)")
-    with open(path, "rb") as f:
-        head = f.read(4)
-    if head.startswith(b"PK") or head[:1] == b"\x80":  # a PyTorch zip archive, or a legacy pickle
-        return "the file is truncated or damaged (an interrupted copy or write?); copy it again or use another"
-    return "not a PyTorch checkpoint"
+    return DAMAGED
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
-    """Load a checkpoint with weights_only=True: a checkpoint can never run code."""
+    """Load a checkpoint with weights_only=True: a checkpoint can never run code. A damaged
+    one (a checksum that does not match) is refused rather than loaded with wrong weights."""
     import torch
 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError("checkpoint not found", path)
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # truncated zip, pickle with code, not a checkpoint at all
-        raise CheckpointError(f"cannot load checkpoint: {_checkpoint_problem(path, e)}", path) from None
+    problem = _file_problem(path)
+    if problem is None:
+        try:
+            return torch.load(path, map_location=map_location, weights_only=True)
+        except Exception as e:  # a newer format, a pickle with code, a damaged legacy file
+            problem = _load_problem(e)
+    raise CheckpointError(f"cannot load checkpoint: {problem}", path)
 
 
 @contextmanager

@@ -125,13 +125,15 @@ class RunFolder:
             self.path.rmdir()
 
     @contextmanager
-    def training(self, *, resume: bool = False, force: bool = False) -> Iterator["RunFolder"]:
-        """While a run trains into the folder: an exclusive lock on it, so a second process gets
-        one line naming the first one's pid instead of interleaving its metrics and replacing
-        its checkpoints (rank 0 alone under torchrun: the other ranks write nothing). A folder
-        that holds a run is refused unless `resume` (continue it) or `force` (its files are
-        removed first). Folders made here (the run folder, a new runs_dir) are removed again
-        if the run left nothing in them."""
+    def training(self, *, resume: bool = False, force: bool = False,
+                 resumable: bool = True) -> Iterator["RunFolder"]:
+        """While a run trains (or is written) into the folder: an exclusive lock on it, so a
+        second process gets one line naming the first one's pid instead of interleaving its
+        metrics and replacing its checkpoints (rank 0 alone under torchrun: the other ranks
+        write nothing). A folder that holds a run is refused unless `resume` (continue it from
+        its last.pt) or `force` (its files are removed first); resumable=False: the command
+        has no --resume (import-weights). Folders made here (the run folder, a new runs_dir)
+        are removed again if the run left nothing in them."""
         if not distributed.is_main():
             yield self
             return
@@ -140,10 +142,14 @@ class RunFolder:
             with exclusive_lock(self.path / LOCK_FILE, f"run folder {self.path}",
                                 "wait for that run to finish, or choose another --out"):
                 held = self.holds_a_run()
-                if held and not resume:
+                if held and not (resume and self.last.is_file()):
                     if not force:
-                        raise CheckpointError(f"run folder already holds a run ({', '.join(held)}); pass --resume "
-                                              "to continue it or --force to overwrite it", self.path)
+                        if resume:  # it would start afresh and overwrite what the folder holds
+                            raise CheckpointError(f"run folder holds a run ({', '.join(held)}) but no last.pt to "
+                                                  "resume it from; pass --force to overwrite it", self.path)
+                        advice = "pass --resume to continue it or --force" if resumable else "pass --force"
+                        raise CheckpointError(f"run folder already holds a run ({', '.join(held)}); {advice} "
+                                              "to overwrite it", self.path)
                     for path in self.outputs():
                         path.unlink(missing_ok=True)
                 yield self
@@ -289,8 +295,12 @@ def read_checkpoint(path: Path) -> dict:
     """An ensemble-mde checkpoint; its config in today's keys (`config.upgrade_saved`), with
     its record."""
     ckpt = load_checkpoint(path)
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"not an ensemble-mde checkpoint (expected format {CHECKPOINT_FORMAT})", path)
+    found = ckpt.get("format") if isinstance(ckpt, dict) else None
+    if found != CHECKPOINT_FORMAT:
+        ours = isinstance(found, str) and found.split("/")[0] == CHECKPOINT_FORMAT.split("/")[0]
+        raise CheckpointError(f"saved by another version of ensemble-mde (format {found}; this version reads "
+                              f"{CHECKPOINT_FORMAT}); load it with the version that wrote it" if ours else
+                              f"not an ensemble-mde checkpoint (expected format {CHECKPOINT_FORMAT})", path)
     if isinstance(ckpt.get("config"), dict):
         with_record(config_mod.upgrade_saved(ckpt["config"]), ckpt.get(RECORD))
     return ckpt

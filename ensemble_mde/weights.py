@@ -18,7 +18,7 @@ from base_learners import meter
 from ensemble_mde import config as config_mod
 from ensemble_mde import runs
 from ensemble_mde.errors import CheckpointError
-from ensemble_mde.io import atomic_save, load_checkpoint
+from ensemble_mde.io import load_checkpoint
 from ensemble_mde.loading import build_learner
 
 # learner -> how its official release differs from our learner (the facts live beside the model)
@@ -38,9 +38,11 @@ def official_state_dict(file: Path) -> dict[str, torch.Tensor]:
     return ckpt
 
 
-def import_official_weights(learner: str, file: Path, out_dir: Path) -> Path:
+def import_official_weights(learner: str, file: Path, out_dir: Path, force: bool = False) -> Path:
     """Convert the official weights `file` for `learner` into the run folder `out_dir`
-    (config.yaml + best.pt); returns the path of best.pt."""
+    (config.yaml + best.pt); returns the path of best.pt. A folder that holds a run is
+    refused, or with `force` emptied of it first (no last.pt or summary.json of the old run
+    is left beside the imported weights)."""
     file, out_dir = Path(file), Path(out_dir)
     if learner not in OFFICIAL_RELEASES:
         raise CheckpointError(
@@ -57,7 +59,7 @@ def import_official_weights(learner: str, file: Path, out_dir: Path) -> Path:
     with torch.no_grad():
         for key, factor in release["to_metres"].items():
             own[key].mul_(factor)
-    runs.RunFolder(out_dir).write_config(cfg)
-    best = out_dir / "best.pt"
-    atomic_save(runs.checkpoint_payload(model, cfg, epoch=0, step=0, metrics={}, source=str(file)), best)
-    return best
+    with runs.RunFolder(out_dir).training(force=force, resumable=False) as folder:
+        folder.write_config(cfg)
+        folder.save(runs.checkpoint_payload(model, cfg, epoch=0, step=0, metrics={}, source=str(file)), "best")
+    return folder.best

@@ -178,8 +178,9 @@ def test_the_out_of_fold_cache_holds_each_frames_fold_model(sets):
     from ensemble_mde import runs
     from ensemble_mde.data import build_dataset
     from ensemble_mde.loading import load_run
+    from ensemble_mde.training.meta import cache_data_id
     from ensemble_mde.training.stacking import oof_cache_hashes
-    from meta_learner.cache import PredictionCache, data_identity
+    from meta_learner.cache import PredictionCache
 
     run_dir = meta(sets, "sg_oof", ["cv_a", "cv_b"], "oof")
     cfg = runs.RunFolder(run_dir).read_config()
@@ -187,10 +188,7 @@ def test_the_out_of_fold_cache_holds_each_frames_fold_model(sets):
     assert [b["name"] for b in bases] == ["meter_xxs:cv_a", "meter_xxs:cv_b"]
     assert [b["set"]["member"] for b in bases] == ["full", "full"]     # validation and test: the full models
     plain = build_dataset(runs.data_view(cfg), "train", augment=False)
-    frame = tuple(plain[0]["rgb"].shape[-2:])
-    cache = PredictionCache.open(sets["root"] / ".cache", oof_cache_hashes(bases),
-                                 data_identity(plain.root, plain.format, plain.split, [r.name for r in plain.records],
-                                               frame))
+    cache = PredictionCache.open(sets["root"] / ".cache", oof_cache_hashes(bases), cache_data_id(cfg, plain))
     assert cache.complete and len(cache) == len(plain) == 16
     held = bases[0]["oof"]["held_out_scenes"]
     models = {(j, k): load_run(b["oof"]["members"][k]["run"])[0] for j, b in enumerate(bases) for k in range(3)}

@@ -13,20 +13,16 @@ def register(sub) -> None:
     p.add_argument("name", help="learner: meter_xxs, meter_xs or meter_s")
     p.add_argument("file", help="official state_dict, e.g. build_model_best_nyu_xxs")
     p.add_argument("--out", metavar="RUN", help="run folder to write (default runs/<name>_official)")
-    p.add_argument("--force", action="store_true", help="replace the checkpoint of an existing run folder")
+    p.add_argument("--force", action="store_true", help="overwrite the run already in the run folder")
     p.set_defaults(func=cmd_import_weights)
 
 
 def cmd_import_weights(args) -> int:
-    from ensemble_mde.errors import CheckpointError
     from ensemble_mde.loading import load_run
     from ensemble_mde.weights import OFFICIAL_RELEASES, import_official_weights
 
     out = Path(args.out) if args.out else Path("runs") / f"{args.name}_official"
-    held = [name for name in ("best.pt", "last.pt") if (out / name).exists()]
-    if held and not args.force:
-        raise CheckpointError(f"run folder already holds {', '.join(held)}; pass --force to replace it", out)
-    best = import_official_weights(args.name, Path(args.file), out)
+    best = import_official_weights(args.name, Path(args.file), out, force=args.force)
     model, cfg, _ = load_run(best)  # the run folder rebuilds on its own
     params = sum(p.numel() for p in model.parameters())
     release = OFFICIAL_RELEASES[args.name]

@@ -148,6 +148,19 @@ def train_meta(cfg: dict, *, resume: bool = False, force: bool = False, progress
     return run.folder.path, summary
 
 
+def cache_data_id(cfg: dict, plain) -> str:
+    """The data identity (`meta_learner.cache.data_identity`) of the frames of `plain`, the
+    un-augmented split of the data `cfg` trains on, with the dataset's fingerprint
+    (`data_fingerprint`): data rendered or listed again in place keeps its root and frame
+    names, and must not be given the cached maps of the old images."""
+    from ensemble_mde.data.dataset import data_fingerprint
+
+    frame = tuple(plain[0]["rgb"].shape[-2:])
+    names = [r.name for r in plain.records]
+    return (data_identity(plain.root, plain.format, plain.split, names, frame) + ":"
+            + data_fingerprint(runs.data_view(cfg)["data"]))
+
+
 def cached_split(cfg: dict, ensemble: StackedEnsemble, plain, device: torch.device, progress: bool,
                  augment: dict | None = None, out_of_fold: bool = False) -> CachedMetaDataset:
     """Freeze mode: the bases' predictions on the un-augmented frames of the dataset `plain`
@@ -158,8 +171,7 @@ def cached_split(cfg: dict, ensemble: StackedEnsemble, plain, device: torch.devi
     that held its scene out (--stacking oof), keyed by all of them."""
     from ensemble_mde.data import loader_workers
 
-    frame = tuple(plain[0]["rgb"].shape[-2:])
-    data_id = data_identity(plain.root, plain.format, plain.split, [r.name for r in plain.records], frame)
+    data_id = cache_data_id(cfg, plain)
     cache_dir = Path(cfg["ensemble"]["cache_dir"] or Path(cfg["run"]["runs_dir"]) / ".cache")
     bases = cfg[RECORD]["bases"]
     hashes = oof_cache_hashes(bases) if out_of_fold else [r["sha256"] for r in bases]

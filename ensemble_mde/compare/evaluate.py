@@ -358,8 +358,8 @@ def compare_runs(paths: list[str | Path], *, data: str | None = None, split: str
     for r in infos:
         if r.log_skipped:
             lines = ", ".join(map(str, r.log_skipped[:5])) + (" ..." if len(r.log_skipped) > 5 else "")
-            say(f"warning: {r.path / 'metrics.jsonl'}: skipped line(s) {lines}, not valid JSON (a half-written "
-                "line is what a crash leaves)")
+            say(f"warning: {r.path / 'metrics.jsonl'}: skipped line(s) {lines}, not a valid log record (a "
+                "half-written line is what a crash leaves)")
     trained = [r for r in infos if has_training_data(r.cfg)]  # imported runs were trained on no data of ours
     if data is None:
         identities = {}

@@ -1,0 +1,66 @@
+"""Hostile input to compare, evaluate and profile, and the bounds compare reports (issue 24,
+group D): damaged run files are one `error:` line naming the file, or a skipped log line with
+a warning; the convex oracle bounds what a stacked ensemble outputs as compare scores it (flip
+TTA, upsampling); an imported run is compared by default; a freeze ensemble validates as
+`evaluate` scores it."""
+
+import json
+
+import pytest
+import torch
+
+from ensemble_mde import runs
+from test_hostile_input import FAST, cli, compare_json, error_line, write_run
+
+COMPARE = ["--no-compute", "--no-progress", "--device", "cpu"]
+
+
+@pytest.fixture
+def two_runs(tmp_path, synth_root):
+    """Two seeds of one finished meter_xxs run in tmp_path/runs (validation RMSE 1.0 and 2.0)."""
+    return [write_run(tmp_path / "runs" / f"meter_{i}", synth_root, seed=i, val_rmse=1.0 + i) for i in range(2)]
+
+
+# ------------------------------------------------------------------ 7: damaged run files
+
+@pytest.mark.parametrize("text, problem", [(b"[]", "not a JSON object"), (b"null", "not a JSON object"),
+                                           (b'{"epochs": 1, "train_seconds": "1:02"}',
+                                            "train_seconds is '1:02', not a number")])
+def test_compare_over_a_summary_that_is_json_but_no_summary_is_one_line(capsys, two_runs, text, problem):
+    (two_runs[1] / "summary.json").write_bytes(text)
+    assert error_line(capsys, "compare", *two_runs, *COMPARE) == (
+        f"error: {two_runs[1] / 'summary.json'}: not a run summary ({problem}); delete it and rerun the command "
+        "that wrote it (training: the same command with --resume)")
+
+
+def test_log_lines_that_are_json_but_no_record_are_skipped_with_a_warning(capsys, two_runs, tmp_path):
+    log = two_runs[1] / "metrics.jsonl"         # line 1: the val record of best.pt, rmse 2.0
+    log.write_bytes(log.read_bytes() + b'{"type": "val", "epoch": 1, "step": 1, "rmse": "n/a", "best": true}\n'
+                    b'{}\n{"type": "train", "epoch": 1, "step": 2}\n')
+    result, err = compare_json(capsys, *two_runs, "--baselines", "weighted", "--out", tmp_path / "report")
+    assert err.strip().splitlines()[0] == (f"warning: {log}: skipped line(s) 2, 3, 4, not a valid log record (a "
+                                           "half-written line is what a crash leaves)")
+    assert "Weighted (1/val RMSE)" in [r["name"] for r in result["accuracy"]["rows"]]   # from the good line
+    assert (tmp_path / "report" / "training_curves.png").is_file()
+
+
+def test_a_resume_cuts_back_a_log_holding_junk_records(tmp_path):
+    folder = runs.RunFolder(tmp_path / "run")
+    folder.path.mkdir()
+    good = [{"type": "train", "epoch": 1, "step": 1, "total": 0.5}, {"type": "val", "epoch": 1, "step": 2, "rmse": 1.0},
+            {"type": "train", "epoch": 2, "step": 3, "total": 0.4}]
+    folder.metrics_file.write_text("\n".join(map(json.dumps, good[:2])) + '\n{"type": "train", "step": "3"}\n'
+                                   + json.dumps(good[2]) + '\n{"type": "val", "ep')
+    folder.truncate_log_after(2)
+    assert folder.log_entries() == (good[:2], [])
+
+
+def test_compare_over_an_empty_config_is_one_line_and_the_checkpoint_stands_in(capsys, two_runs):
+    config = two_runs[1] / "config.yaml"
+    config.write_text("")
+    assert error_line(capsys, "compare", *two_runs, *COMPARE) == (
+        f"error: {config}: not a run config (no run section: empty or cut short); delete it, the run's checkpoint "
+        "holds its config too")
+    config.unlink()
+    result, _ = compare_json(capsys, *two_runs, "--baselines", "none")
+    assert [r["n_seeds"] for r in result["accuracy"]["rows"]] == [2]

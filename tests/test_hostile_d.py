@@ -64,3 +64,37 @@ def test_compare_over_an_empty_config_is_one_line_and_the_checkpoint_stands_in(c
     config.unlink()
     result, _ = compare_json(capsys, *two_runs, "--baselines", "none")
     assert [r["n_seeds"] for r in result["accuracy"]["rows"]] == [2]
+
+
+# ------------------------------------------------------------------ 18: the convex oracle bounds what compare scores
+
+def test_the_convex_oracle_bounds_a_blend_made_before_flip_tta_and_upsampling():
+    from ensemble_mde.compare.evaluate import convex_hull, upsample
+    from meta_learner.baselines import BASELINES
+    from meta_learner.ensemble import blend
+
+    torch.manual_seed(0)
+    k, low, size = 3, (6, 8), (24, 32)
+    views = [0.5 + 9 * torch.rand(2, *low) for _ in range(k)]        # each base: straight, mirrored flipped back
+    straight, mirrored = (torch.stack([v[j] for v in views])[None] for j in (0, 1))
+    weights = [torch.softmax(4 * torch.randn(1, k, *low), dim=1) for _ in range(2)]   # a meta-learner, per pass
+    stacked = upsample(0.5 * (blend(weights[0], straight) + blend(weights[1], mirrored)), size)
+    tta = upsample(0.5 * (straight + mirrored), size)                 # each base as compare scores it
+    gt = 0.5 + 9 * torch.rand(1, 1, *size)
+    convex = BASELINES["convex"]()(convex_hull(views, size), gt)
+
+    def error(depth):
+        return (depth - gt).abs()
+
+    for name, depth in {"stacked": stacked, "mean": tta.mean(dim=1, keepdim=True),
+                        **{f"base {i}": tta[:, i:i + 1] for i in range(k)}}.items():
+        assert bool((error(convex) <= error(depth) + 1e-5).all()), name
+    # the range of the scored maps alone is no bound: the stacked ensemble passes it on some pixels
+    assert bool((error(BASELINES["convex"]()(tta, gt)) > error(stacked) + 1e-3).any())
+
+
+def test_the_oracle_note_says_which_ensembles_the_convex_oracle_bounds(capsys, two_runs):
+    result, _ = compare_json(capsys, *two_runs, "--baselines", "mean,convex", "--flip-tta")
+    note = next(n for n in result["accuracy"]["notes"] if n.startswith("†"))
+    assert "with flip TTA, of their straight and mirrored maps" in note
+    assert "freeze-mode softmax ensemble of these bases" in note and "does not bound a finetuned" in note

@@ -98,3 +98,25 @@ def test_the_oracle_note_says_which_ensembles_the_convex_oracle_bounds(capsys, t
     note = next(n for n in result["accuracy"]["notes"] if n.startswith("†"))
     assert "with flip TTA, of their straight and mirrored maps" in note
     assert "freeze-mode softmax ensemble of these bases" in note and "does not bound a finetuned" in note
+
+
+# ------------------------------------------------------------------ 19: a freeze ensemble validates as evaluate scores it
+
+def test_a_freeze_ensemble_validates_as_evaluate_scores_it_up_to_its_float16_cache(capsys, tmp_path, synth_root):
+    bases = []
+    for seed in (0, 1):
+        bases.append(tmp_path / f"meter_{seed}")
+        code, _, err = cli(capsys, "train-base", "meter_xxs", "--data", synth_root, "--out", bases[-1], "--epochs", "1",
+                           "--size", "32x48", "--seed", seed, *FAST)
+        assert code == 0, err
+    meta = tmp_path / "meta"
+    code, _, err = cli(capsys, "train-meta", "--inputs", "rgb+d", "--freeze", "--bases", ",".join(map(str, bases)),
+                       "--out", meta, "--epochs", "1", "--set", "meta.pretrained=false",
+                       "--set", f"ensemble.cache_dir={tmp_path / 'cache'}", *FAST)
+    assert code == 0, err
+    validated = json.loads((meta / "summary.json").read_text())["last_val"]
+    code, out, err = cli(capsys, "evaluate", meta, "--split", "val", "--json", "--device", "cpu")
+    assert code == 0, err
+    evaluated = json.loads(out)
+    for key in ("abs_rel", "rmse", "rmse_log", "d1", "silog"):
+        assert evaluated[key] == pytest.approx(validated[key], rel=1e-3, abs=1e-4), key

@@ -120,3 +120,25 @@ def test_a_freeze_ensemble_validates_as_evaluate_scores_it_up_to_its_float16_cac
     evaluated = json.loads(out)
     for key in ("abs_rel", "rmse", "rmse_log", "d1", "silog"):
         assert evaluated[key] == pytest.approx(validated[key], rel=1e-3, abs=1e-4), key
+
+
+# ------------------------------------------------------------------ compare and profile: smaller things
+
+def test_the_default_compare_takes_an_imported_run_beside_trained_ones(capsys, tmp_path, two_runs):
+    from base_learners.meter import METER
+    from ensemble_mde.weights import import_official_weights
+
+    official = tmp_path / "build_model_best_nyu_xxs"
+    torch.save(METER("xxs").state_dict(), official)
+    import_official_weights("meter_xxs", official, tmp_path / "runs" / "meter_xxs_official")
+    result, _ = compare_json(capsys, "--runs-dir", tmp_path / "runs", "--baselines", "none")
+    rows = {r["name"]: r["n_seeds"] for r in result["accuracy"]["rows"]}
+    assert rows == {"meter_xxs [meter_0]": 2, "meter_xxs [meter_xxs_official]": 1}
+
+
+def test_compare_over_a_runs_dir_that_is_missing_or_empty_names_it(capsys, tmp_path):
+    assert error_line(capsys, "compare", "--runs-dir", tmp_path / "nowhere", *COMPARE) == (
+        f"error: {tmp_path / 'nowhere'}: runs folder not found (--runs-dir)")
+    (tmp_path / "empty").mkdir()
+    assert error_line(capsys, "compare", "--runs-dir", tmp_path / "empty", *COMPARE).startswith(
+        f"error: {tmp_path / 'empty'}: no finished or imported run")

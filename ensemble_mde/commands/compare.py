@@ -15,7 +15,8 @@ def register(sub) -> None:
                                    "as mean ± std; best bold, second underlined) and the compute table. "
                                    "--bootstrap adds paired-bootstrap CIs against the simple average; --out "
                                    "writes every table format, figures and report.md.")
-    p.add_argument("runs", nargs="*", metavar="RUN", help="run folders (default: every finished run in --runs-dir)")
+    p.add_argument("runs", nargs="*", metavar="RUN",
+                   help="run folders (default: every finished or imported run in --runs-dir)")
     p.add_argument("--runs-dir", default="runs", metavar="DIR", help="where to look for runs (default runs)")
     p.add_argument("--data", metavar="PATH", help="dataset (default: the data the runs were trained on)")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
@@ -56,7 +57,7 @@ def parse_baselines(text: str) -> list[str]:
 
 def cmd_compare(args) -> int:
     from ensemble_mde.compare import compare_runs, print_tables
-    from ensemble_mde.runs import finished_runs
+    from ensemble_mde.compare.variants import finished_runs
     from ensemble_mde.progress import output_console
     from ensemble_mde.compare import write_report
 

@@ -142,3 +142,14 @@ def test_compare_over_a_runs_dir_that_is_missing_or_empty_names_it(capsys, tmp_p
     (tmp_path / "empty").mkdir()
     assert error_line(capsys, "compare", "--runs-dir", tmp_path / "empty", *COMPARE).startswith(
         f"error: {tmp_path / 'empty'}: no finished or imported run")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["compare", "--bootstrap", "-1"], "--bootstrap: must be at least 0, got -1"),
+    (["compare", "--repeats", "0"], "--repeats: must be at least 1, got 0"),
+    (["profile", "--batch-size", "0"], "--batch-size: must be at least 1, got 0"),
+    (["evaluate", "--batch-size", "-2"], "--batch-size: must be at least 1, got -2"),
+    (["profile", "--size", "0x48"], "size '0x48' must be positive"),
+])
+def test_counts_and_sizes_out_of_range_are_one_line(capsys, two_runs, args, message):
+    assert error_line(capsys, *args, two_runs[0], "--device", "cpu") == f"error: {message}"

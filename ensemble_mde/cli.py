@@ -52,7 +52,10 @@ def main(argv: list[str] | None = None) -> None:
     resume). Under torchrun only rank 0 prints to stdout; errors from other ranks are
     marked with their rank."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except EnsembleError as e:  # a typed flag value refused (options.int_at_least, config.parse_size)
+        parser.exit(2, f"error: {one_line(e)}\n")
     if not getattr(args, "func", None):
         parser.print_help()
         sys.exit(0 if args.command is None else 2)

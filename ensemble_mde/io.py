@@ -63,6 +63,9 @@ def atomic_write_json(obj: Any, path: str | Path) -> None:
     atomic_write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n", path)
 
 
+REWRITE_ADVICE = "delete it and rerun the command that wrote it (training: the same command with --resume)"
+
+
 def read_json(path: str | Path) -> Any:
     """The value in a JSON file; a DataError naming the file when it is empty, truncated or
     not UTF-8 (such files are written atomically, so damage came from outside)."""
@@ -70,13 +73,13 @@ def read_json(path: str | Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError):
-        raise DataError("not valid JSON (empty, truncated or damaged); delete it and rerun the command that "
-                        "wrote it (training: the same command with --resume)", path) from None
+        raise DataError(f"not valid JSON (empty, truncated or damaged); {REWRITE_ADVICE}", path) from None
 
 
-def read_jsonl(path: str | Path) -> tuple[list[dict], list[int]]:
+def read_jsonl(path: str | Path, accept=None) -> tuple[list[dict], list[int]]:
     """(records, numbers of the lines skipped) of a JSON-lines log. A line that is not a JSON
-    object (the half-written last line of a process that died, junk bytes) is skipped."""
+    object (the half-written last line of a process that died, junk bytes), or one that
+    `accept(record)` refuses, is skipped."""
     records, skipped = [], []
     for number, raw in enumerate(Path(path).read_bytes().splitlines(), start=1):
         if not raw.strip():
@@ -85,7 +88,7 @@ def read_jsonl(path: str | Path) -> tuple[list[dict], list[int]]:
             record = json.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError):
             record = None
-        if isinstance(record, dict):
+        if isinstance(record, dict) and (accept is None or accept(record)):
             records.append(record)
         else:
             skipped.append(number)

@@ -26,14 +26,24 @@ import torch
 
 from ensemble_mde import config as config_mod
 from ensemble_mde import distributed
-from ensemble_mde.errors import CheckpointError, ConfigError
-from ensemble_mde.io import (atomic_save, atomic_write_json, atomic_write_text, exclusive_lock, load_checkpoint,
-                             read_json, read_jsonl)
+from ensemble_mde.errors import CheckpointError, ConfigError, DataError
+from ensemble_mde.io import (REWRITE_ADVICE, atomic_save, atomic_write_json, atomic_write_text, exclusive_lock,
+                             load_checkpoint, read_json, read_jsonl)
 
 CHECKPOINT_FORMAT = "ensemble-mde/1"
 RECORD = "record"            # the derived-state section of a loaded config
 LOCK_FILE = ".lock"          # held (fcntl.flock) by the process training into the run folder
 STUDY_META_ENCODER = "ghostnet_100"  # the SG study's meta-learner encoder: meta_learner.weighting's default
+# The kinds of metrics.jsonl lines and the numbers each holds that its readers use (compare's
+# weighted baseline, the report's curves, a resume cutting the log back): any other line is damaged.
+LOG_NUMBERS = {"train": ("epoch", "step", "total"), "val": ("epoch", "step", "rmse"), "skip": ("epoch", "step")}
+SUMMARY_NUMBERS = ("train_seconds",)  # what compare reads from summary.json (null: not measured)
+
+
+def _well_formed(entry: dict) -> bool:
+    """A metrics.jsonl entry of a type in LOG_NUMBERS whose numbers are numbers."""
+    numbers = LOG_NUMBERS.get(entry.get("type"))
+    return numbers is not None and all(config_mod._is_number(entry.get(key)) for key in numbers)
 
 
 def with_record(cfg: dict, record: dict | None = None) -> dict:
@@ -83,8 +93,13 @@ class RunFolder:
         atomic_write_json(record, self.record_file)
 
     def read_config(self) -> dict:
-        """The saved config with its record (older folders: derived keys moved into it)."""
+        """The saved config with its record (older folders: derived keys moved into it); a
+        ConfigError naming config.yaml when it lacks a section every run has (empty, cut short)."""
         cfg = config_mod.upgrade_saved(config_mod.read_yaml(self.config_file))
+        missing = [section for section in ("run", "model", "data") if not isinstance(cfg.get(section), dict)]
+        if missing:
+            raise ConfigError(f"not a run config (no {missing[0]} section: empty or cut short); delete it, the run's "
+                              "checkpoint holds its config too", self.config_file)
         if self.record_file.is_file():
             with_record(cfg, read_json(self.record_file))
         return with_record(cfg)
@@ -94,15 +109,16 @@ class RunFolder:
             f.write(json.dumps(entry) + "\n")
 
     def log_entries(self) -> tuple[list[dict], list[int]]:
-        """(metrics.jsonl entries, numbers of the damaged lines skipped)."""
-        return read_jsonl(self.metrics_file) if self.metrics_file.is_file() else ([], [])
+        """(metrics.jsonl entries, numbers of the damaged lines skipped: not a JSON object, as
+        the half-written last line of a crash, or without the LOG_NUMBERS of its type)."""
+        return read_jsonl(self.metrics_file, accept=_well_formed) if self.metrics_file.is_file() else ([], [])
 
     def truncate_log_after(self, step: int) -> None:
         """Drop entries logged after `step` (by a run that died after its last checkpoint), and
         a half-written line such a death can leave."""
         if self.metrics_file.exists():
-            entries, _ = read_jsonl(self.metrics_file)
-            self.metrics_file.write_text("".join(json.dumps(e) + "\n" for e in entries if e.get("step", 0) <= step))
+            entries, _ = self.log_entries()
+            self.metrics_file.write_text("".join(json.dumps(e) + "\n" for e in entries if e["step"] <= step))
 
     def save(self, payload: dict, which: str) -> None:
         """last.pt or best.pt (which = "last" | "best"), atomically."""
@@ -112,7 +128,17 @@ class RunFolder:
         atomic_write_json(summary, self.summary_file)
 
     def summary(self) -> dict:
-        return read_json(self.summary_file)
+        """summary.json; a DataError naming it when it is not a JSON object whose SUMMARY_NUMBERS
+        are numbers (or null): it is written atomically, so such damage came from outside."""
+        summary = read_json(self.summary_file)
+        if not isinstance(summary, dict):
+            problem = "not a JSON object"
+        else:
+            bad = [k for k in SUMMARY_NUMBERS if summary.get(k) is not None and not config_mod._is_number(summary[k])]
+            problem = f"{bad[0]} is {summary[bad[0]]!r}, not a number" if bad else None
+        if problem:
+            raise DataError(f"not a run summary ({problem}); {REWRITE_ADVICE}", self.summary_file)
+        return summary
 
     def discard_unstarted(self) -> None:
         """After a failure before any checkpoint: remove what the run wrote (and the folder,

@@ -160,8 +160,8 @@ def test_compare_skips_a_half_written_or_junk_log_line_with_a_warning(capsys, tw
     log = two_runs[1] / "metrics.jsonl"
     log.write_bytes(log.read_bytes() + b'{"type": "train", "ste' + b"\n\xff\xfe junk\n")
     result, err = compare_json(capsys, *two_runs, "--baselines", "weighted")
-    assert err.strip().splitlines() == [f"warning: {log}: skipped line(s) 2, 3, not valid JSON (a half-written line "
-                                        "is what a crash leaves)"]
+    assert err.strip().splitlines() == [f"warning: {log}: skipped line(s) 2, 3, not a valid log record (a half-written "
+                                        "line is what a crash leaves)"]
     assert "Weighted (1/val RMSE)" in [r["name"] for r in result["accuracy"]["rows"]]   # the good line still counts
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ensemble_mde.commands.options import add_device_option
+from ensemble_mde.commands.options import add_device_option, int_at_least
 
 FORMATS = ("table", "md", "csv", "latex", "json")
 TABLES = ("accuracy", "compute")
@@ -15,7 +15,8 @@ def register(sub) -> None:
                                    "as mean ± std; best bold, second underlined) and the compute table. "
                                    "--bootstrap adds paired-bootstrap CIs against the simple average; --out "
                                    "writes every table format, figures and report.md.")
-    p.add_argument("runs", nargs="*", metavar="RUN", help="run folders (default: every finished run in --runs-dir)")
+    p.add_argument("runs", nargs="*", metavar="RUN",
+                   help="run folders (default: every finished or imported run in --runs-dir)")
     p.add_argument("--runs-dir", default="runs", metavar="DIR", help="where to look for runs (default runs)")
     p.add_argument("--data", metavar="PATH", help="dataset (default: the data the runs were trained on)")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
@@ -23,7 +24,7 @@ def register(sub) -> None:
     p.add_argument("--baselines", default="mean,median,weighted,oracle,convex", metavar="LIST",
                    help="baselines over the bases: mean,median,weighted and the upper bounds oracle (per-pixel "
                         "selection) and convex (per-pixel convex blend) (default all; 'none' for none)")
-    p.add_argument("--bootstrap", type=int, default=0, metavar="N",
+    p.add_argument("--bootstrap", type=int_at_least(0, "--bootstrap"), default=0, metavar="N",
                    help="paired bootstrap with N resamples: each variant minus the mean baseline (95%% CI, p)")
     p.add_argument("--bootstrap-seed", type=int, default=0, dest="bootstrap_seed")
     p.add_argument("--format", default="table", choices=FORMATS, help="what is printed (default table)")
@@ -31,10 +32,11 @@ def register(sub) -> None:
                                                   "accuracy unless this says compute)")
     p.add_argument("--silog", action="store_true", help="add the SILog column")
     p.add_argument("--out", metavar="DIR", help="write all table formats, per-image metrics, figures and report.md")
-    p.add_argument("--figure-images", type=int, default=3, dest="figure_images",
+    p.add_argument("--figure-images", type=int_at_least(0, "--figure-images"), default=3, dest="figure_images",
                    help="test images in the qualitative grid (with --out; default 3)")
     p.add_argument("--no-compute", action="store_true", help="skip GMACs and latency measurements")
-    p.add_argument("--repeats", type=int, default=10, help="timed passes per model for latency (default 10)")
+    p.add_argument("--repeats", type=int_at_least(1, "--repeats"), default=10,
+                   help="timed passes per model for latency (default 10)")
     add_device_option(p)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_compare)
@@ -56,7 +58,7 @@ def parse_baselines(text: str) -> list[str]:
 
 def cmd_compare(args) -> int:
     from ensemble_mde.compare import compare_runs, print_tables
-    from ensemble_mde.runs import finished_runs
+    from ensemble_mde.compare.variants import finished_runs
     from ensemble_mde.progress import output_console
     from ensemble_mde.compare import write_report
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from ensemble_mde.commands.options import add_config_options
+from ensemble_mde.commands.options import add_config_options, int_at_least
 
 
 def register(sub) -> None:
@@ -15,7 +15,7 @@ def register(sub) -> None:
     add_config_options(p)
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--flip-tta", action="store_true", help="average with the mirrored prediction")
-    p.add_argument("--batch-size", type=int, default=4, dest="batch_size")
+    p.add_argument("--batch-size", type=int_at_least(1, "--batch-size"), default=4, dest="batch_size")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_evaluate)
 

@@ -11,6 +11,20 @@ import argparse
 from pathlib import Path
 
 from ensemble_mde.config import Setting, parse_size
+from ensemble_mde.errors import ConfigError
+
+
+def int_at_least(minimum: int, flag: str):
+    """An argparse type: an integer of at least `minimum`, else a ConfigError naming `flag` (the
+    CLI prints it as one line, as it does parse_size's)."""
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < minimum:
+            raise ConfigError(f"must be at least {minimum}, got {value}", flag)
+        return value
+
+    parse.__name__ = "int"  # argparse's own message for text that is no integer: "invalid int value"
+    return parse
 
 
 def add_device_option(p: argparse.ArgumentParser) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ensemble_mde.commands.options import add_device_option, add_set_option
+from ensemble_mde.commands.options import add_device_option, add_set_option, int_at_least
 from ensemble_mde.config import parse_size
 
 DEFAULT_PROFILE_SIZE = (416, 544)  # the SG study's training crop, for a learner with no size of its own
@@ -22,8 +22,8 @@ def register(sub) -> None:
     add_set_option(p, "learner name or meta: override a key of its packaged config, e.g. --set meta.inputs=rgb")
     p.add_argument("--size", metavar="HxW", type=parse_size, help="input size (default: a run's own input size; a learner's "
                                                  "configured data.size, else 416x544)")
-    p.add_argument("--batch-size", type=int, default=1, dest="batch_size")
-    p.add_argument("--repeats", type=int, default=10, help="timed forward passes")
+    p.add_argument("--batch-size", type=int_at_least(1, "--batch-size"), default=1, dest="batch_size")
+    p.add_argument("--repeats", type=int_at_least(1, "--repeats"), default=10, help="timed forward passes")
     add_device_option(p)
     p.add_argument("--compile", action="store_true", help="time the torch.compile'd model (compiles first: minutes on CPU)")
     p.add_argument("--json", action="store_true", help="print one JSON object: params gmacs latency_ms fps")

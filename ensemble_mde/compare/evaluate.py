@@ -50,10 +50,14 @@ class PredictionStore:
     def get(self, key: str, index: int) -> torch.Tensor:
         return torch.from_numpy(np.load(self.path(key, index)))
 
+    def views(self, key: str, index: int) -> torch.Tensor:
+        """[1 or 2,h,w]: the straight prediction (and, with flip TTA, the mirrored one flipped back)."""
+        maps = self.get(key, index)
+        return torch.cat([maps[:1], torch.flip(maps[1:2], dims=[-1])])
+
     def tta(self, key: str, index: int) -> torch.Tensor:
         """[1,h,w] the prediction the metrics score: straight, or the flip-TTA mean."""
-        maps = self.get(key, index)
-        return maps[:1] if len(maps) == 1 else 0.5 * (maps[:1] + torch.flip(maps[1:2], dims=[-1]))
+        return self.views(key, index).mean(dim=0, keepdim=True)
 
     def close(self) -> None:
         self._dir.cleanup()
@@ -230,11 +234,10 @@ class EvaluationPass:
             f["rgb"].append(p.rgb.float())
             f["gt"].append(p.gt[0].float())
         size = tuple(p.gt.shape[-2:])
-        up = F.interpolate(p.depth[None].float(), size=size, mode="bilinear", align_corners=False)
+        up = upsample(p.depth[None].float(), size)
         f["pred"].setdefault(str(run.path), []).append(up[0, 0].clamp(self.min_depth, self.max_depth))
         if "weights" in p.outputs:
-            w = F.interpolate(p.outputs["weights"][None].float().cpu(), size=size, mode="bilinear",
-                              align_corners=False)[0]
+            w = upsample(p.outputs["weights"][None].float().cpu(), size)[0]
             f["weights"].setdefault(str(run.path), []).append(w)
             f["weight_names"][str(run.path)] = list(getattr(model, "names", []))
 
@@ -253,14 +256,31 @@ class EvaluationPass:
         for i, image in enumerate(self.image_names):
             gt = self.dataset[i]["depth"]
             size = tuple(gt.shape[-2:])
-            maps = torch.cat([F.interpolate(self.store.tta(k, i)[None], size=size, mode="bilinear",
-                                            align_corners=False)[0] for k in keys])[None]
+            maps = torch.cat([upsample(self.store.tta(k, i)[None], size) for k in keys], dim=1)
+            # the convex oracle clips the GT into what a blend made before upsampling and TTA can reach
+            hull = convex_hull([self.store.views(k, i) for k in keys], size) if "convex" in combiners else None
             for name, combine in combiners.items():
-                depth = combine(maps, gt[None])
+                depth = combine(hull if name == "convex" else maps, gt[None])
                 accs[name].update(depth[0], gt, name=image)
                 if i in self.figure_indices:
                     figures[name].append(depth[0, 0].clamp(self.min_depth, self.max_depth))
         return {name: (per_image_arrays(accs[name]), figures[name]) for name in combiners}
+
+
+def upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """[B,C,h,w] -> [B,C,*size], bilinear as the metrics resize a prediction to its GT."""
+    return F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
+
+
+def convex_hull(views: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+    """[1,2,H,W]: per pixel the lowest and highest depth at `size` of any per-pixel convex blend
+    of `views` (each base's [V,h,w]: straight, with flip TTA also mirrored back) made on their
+    grid, as a stacked ensemble's is: a flip-TTA mean of two blends is a blend of both views, and
+    bilinear upsampling is convex. Maps of different sizes are upsampled first."""
+    if len({tuple(v.shape[-2:]) for v in views}) > 1:
+        views = [upsample(v[None], size)[0] for v in views]
+    maps = torch.cat(views)[None]
+    return upsample(torch.cat([maps.amin(dim=1, keepdim=True), maps.amax(dim=1, keepdim=True)], dim=1), size)
 
 
 def weight_stats(weights: torch.Tensor) -> tuple[float, np.ndarray]:
@@ -358,8 +378,8 @@ def compare_runs(paths: list[str | Path], *, data: str | None = None, split: str
     for r in infos:
         if r.log_skipped:
             lines = ", ".join(map(str, r.log_skipped[:5])) + (" ..." if len(r.log_skipped) > 5 else "")
-            say(f"warning: {r.path / 'metrics.jsonl'}: skipped line(s) {lines}, not valid JSON (a half-written "
-                "line is what a crash leaves)")
+            say(f"warning: {r.path / 'metrics.jsonl'}: skipped line(s) {lines}, not a valid log record (a "
+                "half-written line is what a crash leaves)")
     trained = [r for r in infos if has_training_data(r.cfg)]  # imported runs were trained on no data of ours
     if data is None:
         identities = {}

@@ -21,7 +21,8 @@ from ensemble_mde.compare.render import FORMAT_SUFFIX, render
 from ensemble_mde.compare.tables import (Comparison, accuracy_table, compute_table, significance_table,
                                          weights_table)
 from ensemble_mde.metrics import METRIC_KEYS
-from ensemble_mde.io import atomic_write_text, atomic_write_with, read_jsonl
+from ensemble_mde.io import atomic_write_text, atomic_write_with
+from ensemble_mde.runs import RunFolder
 from ensemble_mde.visualize import depth_colormap, pyplot
 
 def save_figure(fig, path: str | Path, dpi: int = 100) -> Path:
@@ -129,13 +130,10 @@ def save_weight_grid(comparison: Comparison, path: str | Path) -> Path | None:
 
 
 def read_metrics_log(run_dir: str | Path) -> tuple[list[dict], list[dict]]:
-    """(train records, val records) of a run's metrics.jsonl (empty lists if absent; lines that
-    are not JSON are left out: `compare` warns about them)."""
-    log = Path(run_dir) / "metrics.jsonl"
-    if not log.is_file():
-        return [], []
-    records, _ = read_jsonl(log)
-    return [r for r in records if r.get("type") == "train"], [r for r in records if r.get("type") == "val"]
+    """(train records, val records) of a run's metrics.jsonl (empty lists if absent; damaged
+    lines are left out: `compare` warns about them)."""
+    records, _ = RunFolder(run_dir).log_entries()
+    return [r for r in records if r["type"] == "train"], [r for r in records if r["type"] == "val"]
 
 
 def save_training_curves(run_dirs: list[str | Path], path: str | Path) -> Path | None:

@@ -15,8 +15,10 @@ from ensemble_mde.metrics import HIGHER_IS_BETTER, METRIC_KEYS
 ORACLE_NOTE = ("† Upper bounds that look at the ground truth (not ranked). Oracle (selection): per pixel the base "
                "nearest the GT; no single base has a smaller per-pixel absolute error, but it bounds neither blends "
                "nor log or ratio metrics. Oracle (convex blend): per pixel the GT clipped into the range of the "
-               "bases' depths; no base, average or stacked ensemble (each a per-pixel convex blend of the maps) "
-               "beats it on a pixel.")
+               "bases' depths (with flip TTA, of their straight and mirrored maps); no base, average or freeze-mode "
+               "softmax ensemble of these bases (each a per-pixel convex blend of their maps) beats it on a pixel. "
+               "It does not bound a finetuned or simultaneous ensemble (whose bases are retrained) nor the relaxed "
+               "head (which predicts depth itself).")
 # (metric key, header, LaTeX header) in the column order of the SG study's tables.
 METRIC_COLUMNS = (
     ("d1", "δ<1.25", r"$\delta<1.25$"), ("d2", "δ<1.25²", r"$\delta<1.25^2$"),

@@ -42,14 +42,22 @@ class RunInfo:
 
 
 def finished_runs(runs_dir: str | Path) -> list[Path]:
-    """Run folders under runs_dir holding summary.json and best.pt, sorted by name."""
+    """What `compare` compares when it is given no run: the run folders under runs_dir that
+    finished training (`runs.finished_runs`) or were imported (official weights: best.pt and
+    no training data, so no summary.json either), sorted by name."""
     root = Path(runs_dir)
     if not root.is_dir():
         raise ConfigError("runs folder not found (--runs-dir)", root)
-    found = sorted(p.parent for p in root.glob("*/summary.json") if (p.parent / "best.pt").is_file())
+    imported = [p.parent for p in root.glob("*/best.pt") if _imported(runs_mod.RunFolder(p.parent))]
+    found = sorted([*runs_mod.finished_runs(root), *imported])
     if not found:
-        raise ConfigError("no finished run (summary.json + best.pt) in this folder; pass run folders", root)
+        raise ConfigError("no finished or imported run (summary.json + best.pt, or an import-weights folder) in "
+                          "this folder; pass run folders", root)
     return found
+
+
+def _imported(run: runs_mod.RunFolder) -> bool:
+    return not run.is_finished() and run.config_file.is_file() and not has_training_data(run.read_config())
 
 
 def read_run(path: str | Path) -> RunInfo:

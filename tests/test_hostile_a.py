@@ -1,0 +1,61 @@
+"""Hostile configuration values (issue 24, group A), each refused up front with one `error:`
+line and exit code 2, before any run folder is made: what the packaged rules and the YAML
+reader let through at a5cdcd5 (a traceback, or a silent wrong value)."""
+
+import yaml
+
+from test_hostile_input import error_line, refused
+
+ONE_STEP = ["--epochs", "1", "--size", "32x48"]  # where today's code trains instead of refusing: briefly
+
+
+def write_experiment(path, data, **changes):
+    """An experiment file of one meter_xxs base trained for one step, with `changes` on top."""
+    base = {"name": "meter_xxs", "overrides": {"data.workers": 0, "data.size": [32, 48], "train": {
+        "epochs": 1, "batch_size": 4, "max_steps_per_epoch": 1}}}
+    exp = {"name": "hostile", "device": "cpu", "data": {"path": str(data)}, "bases": [base],
+           "compare": {"measure": False}}
+    for key, value in changes.items():
+        exp[key] = value(exp) if callable(value) else value
+    path.write_text(yaml.safe_dump(exp, sort_keys=False))
+    return path
+
+
+def experiment_refused(capsys, tmp_path, path) -> str:
+    """The error line of `ensemble experiment` that must fail before training anything."""
+    out = tmp_path / "exp_out"
+    line = error_line(capsys, "experiment", path, "--out", out, "--no-progress")
+    assert not (out / "runs").exists()
+    return line
+
+
+def test_a_key_given_twice_is_refused_not_silently_the_last(capsys, tmp_path, synth_root):
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("train:\n  epochs: 1\naugment:\n  flip: 0.0\ntrain:\n  lr: 0.1\n")
+    assert refused(capsys, tmp_path, synth_root, "--config", twice, *ONE_STEP) == (
+        f"error: {twice}: key 'train' given twice (lines 1 and 5); keep one")
+    assert refused(capsys, tmp_path, synth_root, "--set", "data.size={a: 1, a: 2}") == (
+        "error: --set data.size={a: 1, a: 2}: key 'a' given twice; keep one")
+    exp = write_experiment(tmp_path / "exp.yaml", synth_root)
+    exp.write_text(exp.read_text() + "bases: []\n")
+    lines = exp.read_text().splitlines()
+    first, second = (n for n, text in enumerate(lines, 1) if text.startswith("bases:"))
+    assert experiment_refused(capsys, tmp_path, exp) == (
+        f"error: {exp}: key 'bases' given twice (lines {first} and {second}); keep one")
+
+
+def test_a_value_that_contains_itself_is_refused_wherever_yaml_is_read(capsys, tmp_path, synth_root):
+    exp = tmp_path / "loop.yaml"
+    exp.write_text(f"data: {{path: {synth_root}}}\nbases:\n  - {{name: meter_xxs, overrides: &o {{train: *o}}}}\n")
+    assert experiment_refused(capsys, tmp_path, exp) == (
+        f"error: {exp}: bases[0].overrides contains itself through a YAML alias (&anchor ... *anchor); write the "
+        "value out")
+    assert refused(capsys, tmp_path, synth_root, "--set", "selectivity.layers=&a [*a]", *ONE_STEP) == (
+        "error: --set selectivity.layers=&a [*a]: selectivity.layers contains itself through a YAML alias "
+        "(&anchor ... *anchor); write the value out")
+
+
+def test_nesting_too_deep_to_read_is_one_line(capsys, tmp_path, synth_root):
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("train: " + "[" * 5000 + "]" * 5000 + "\n")
+    assert refused(capsys, tmp_path, synth_root, "--config", deep) == f"error: {deep}: nested too deeply to be a config"

@@ -280,15 +280,19 @@ def describe_rule(rule: dict, default: Any = None) -> str:
     "an int >= 1", "a number in [0, 1]", "one of none, bf16", "a list of 2 ints >= 1 or null"."""
     kind = rule.get("type") or {bool: "bool", int: "int", float: "float", str: "str", list: "list"}.get(
         type(default))
-    lo = (f">= {rule['min']:g}", rule["min"], "[") if "min" in rule else \
-        (f"> {rule['above']:g}", rule["above"], "(") if "above" in rule else None
-    hi = (f"<= {rule['max']:g}", rule["max"], "]") if "max" in rule else \
-        (f"< {rule['below']:g}", rule["below"], ")") if "below" in rule else None
-    bounds = (f" in {lo[2]}{lo[1]:g}, {hi[1]:g}{hi[2]}" if lo and hi else f" {(lo or hi)[0]}" if lo or hi else "")
-    if "choices" in rule:
-        text = "one of " + ", ".join(str(c) for c in rule["choices"])
+    lo = (f">= {_number(rule['min'])}", rule["min"], "[") if "min" in rule else \
+        (f"> {_number(rule['above'])}", rule["above"], "(") if "above" in rule else None
+    hi = (f"<= {_number(rule['max'])}", rule["max"], "]") if "max" in rule else \
+        (f"< {_number(rule['below'])}", rule["below"], ")") if "below" in rule else None
+    bounds = (f" in {lo[2]}{_number(lo[1])}, {_number(hi[1])}{hi[2]}" if lo and hi
+              else f" {(lo or hi)[0]}" if lo or hi else "")
+    choices = ", ".join(str(c) for c in rule.get("choices", ()))
+    if choices and kind == "list":
+        text = f"a list drawn from {choices}"
+    elif choices:
+        text = f"one of {choices}"
     elif kind == "list":
-        element = {"int": "int", "float": "number"}.get(rule.get("of"), "number")
+        element = {"int": "int", "float": "number", "str": "string"}.get(rule.get("of"), "number")
         count = f"{rule['length']} " if "length" in rule else ""
         text = f"a list of {count}{element}s{bounds}" + (" in ascending order" if rule.get("ascending") else "")
     elif kind == "bool":
@@ -300,6 +304,16 @@ def describe_rule(rule: dict, default: Any = None) -> str:
     else:
         text = _article("int" if kind == "int" else "number" if bounds else "finite number") + bounds
     return text + (" or auto" if rule.get("auto") else "") + (" or null" if rule.get("nullable") else "")
+
+
+def _number(x: float) -> str:
+    """A rule's bound in words: an int in full (4294967295), a float short (0.001)."""
+    return str(x) if isinstance(x, int) else f"{x:g}"
+
+
+def _is_of(x: Any, kind: type) -> bool:
+    """Whether a list element is of a rule's `of` type (an int counts as a float)."""
+    return _is_number(x) and (kind is float or isinstance(x, int)) if kind in (int, float) else isinstance(x, kind)
 
 
 def _fits(value: Any, rule: dict, default: Any, sibling: Any) -> bool:
@@ -317,18 +331,18 @@ def _fits(value: Any, rule: dict, default: Any, sibling: Any) -> bool:
             return False
     elif kind is not None and not isinstance(value, kind):
         return False
-    if "choices" in rule:
-        return value in rule["choices"]
     items = value if isinstance(value, list) else [value]
+    if "choices" in rule:  # of a list: of each element
+        return all(x in rule["choices"] for x in items) if kind is list else value in rule["choices"]
+    numbers = [x for x in items if _is_number(x)]
     if isinstance(value, list):
         if "length" in rule and len(value) != rule["length"]:
             return False
         element = TYPES.get(rule.get("of"))
-        if element is not None and not all(_is_number(x) and (element is float or isinstance(x, int)) for x in items):
+        if element is not None and not all(_is_of(x, element) for x in items):
             return False
-        if rule.get("ascending") and items != sorted(items):
+        if rule.get("ascending") and (len(numbers) != len(items) or items != sorted(items)):
             return False
-    numbers = [x for x in items if _is_number(x)]
     if not all(math.isfinite(x) for x in numbers):
         return False
     bounded = any(word in rule for word in ("min", "max", "above", "below", "less_than"))

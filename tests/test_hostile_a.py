@@ -2,6 +2,7 @@
 line and exit code 2, before any run folder is made: what the packaged rules and the YAML
 reader let through at a5cdcd5 (a traceback, or a silent wrong value)."""
 
+import pytest
 import yaml
 
 from test_hostile_input import error_line, refused
@@ -59,3 +60,20 @@ def test_nesting_too_deep_to_read_is_one_line(capsys, tmp_path, synth_root):
     deep = tmp_path / "deep.yaml"
     deep.write_text("train: " + "[" * 5000 + "]" * 5000 + "\n")
     assert refused(capsys, tmp_path, synth_root, "--config", deep) == f"error: {deep}: nested too deeply to be a config"
+
+
+@pytest.mark.parametrize("override, message", [
+    ("selectivity.layers=[1]", "selectivity.layers must be a list of strings, got [1]"),
+    ("selectivity.layers=[[enc_1]]", "selectivity.layers must be a list of strings, got [['enc_1']]"),
+    ("augment.gamma=[1, a]", "augment.gamma must be a list of 2 numbers > 0 in ascending order, got [1, 'a']"),
+])
+def test_list_elements_of_the_wrong_type_are_refused(capsys, tmp_path, synth_root, override, message):
+    assert refused(capsys, tmp_path, synth_root, "--set", override, *ONE_STEP) == f"error: --set {override}: {message}"
+
+
+@pytest.mark.parametrize("flag", [["--seed", "4294967296"], ["--set", "run.seed=99999999999999999999"]])
+def test_a_seed_outside_numpys_range_is_refused(capsys, tmp_path, synth_root, flag):
+    # numpy would have drawn seed 2**32 as seed 0, and torch cannot take 1e20 at all
+    source = flag[0] if flag[0] == "--seed" else " ".join(flag)
+    assert refused(capsys, tmp_path, synth_root, *flag, *ONE_STEP) == (
+        f"error: {source}: run.seed must be an int in [0, 4294967295], got {flag[1].split('=')[-1]}")

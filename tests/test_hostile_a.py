@@ -77,3 +77,13 @@ def test_a_seed_outside_numpys_range_is_refused(capsys, tmp_path, synth_root, fl
     source = flag[0] if flag[0] == "--seed" else " ".join(flag)
     assert refused(capsys, tmp_path, synth_root, *flag, *ONE_STEP) == (
         f"error: {source}: run.seed must be an int in [0, 4294967295], got {flag[1].split('=')[-1]}")
+
+
+def test_lr_find_steps_go_through_the_config_checks(capsys, tmp_path, synth_root):
+    plot = tmp_path / "lr.png"
+    lr_find = ["lr-find", "meter_xxs", "--data", synth_root, "--device", "cpu", "--no-progress", "--set",
+               "data.workers=0", "--batch-size", "4", "--size", "32x48", "--plot", plot]
+    assert error_line(capsys, *lr_find, "--steps", "0") == "error: --steps: lr_find.steps must be an int >= 2, got 0"
+    assert error_line(capsys, *lr_find, "--steps", "3", "--set", "lr_find.steps=4") == (
+        "error: --steps and --set lr_find.steps=4 both set lr_find.steps; give one of them")
+    assert not plot.exists()

@@ -87,3 +87,39 @@ def test_lr_find_steps_go_through_the_config_checks(capsys, tmp_path, synth_root
     assert error_line(capsys, *lr_find, "--steps", "3", "--set", "lr_find.steps=4") == (
         "error: --steps and --set lr_find.steps=4 both set lr_find.steps; give one of them")
     assert not plot.exists()
+
+
+@pytest.mark.parametrize("compare, message", [
+    ({"split": "banana"}, "compare.split must be one of train, val, test, got 'banana'"),
+    ({"baselines": ["mean", "banana"]}, "compare.baselines must be a list drawn from mean, median, weighted, oracle, "
+                                        "convex, got ['mean', 'banana']"),
+    ({"bootstrap_seed": -1}, "compare.bootstrap_seed must be an int >= 0, got -1"),
+])
+def test_an_experiments_compare_values_are_checked_before_training(capsys, tmp_path, synth_root, compare, message):
+    path = write_experiment(tmp_path / "exp.yaml", synth_root, compare={"measure": False, **compare})
+    assert experiment_refused(capsys, tmp_path, path) == f"error: {message}"
+
+
+@pytest.mark.parametrize("entry, message", [
+    ({"set": {"folds": "three"}}, "bases[0].set.folds must be an int >= 2 or null, got 'three'"),
+    ({"set": {"seeds": ["a"]}}, "bases[0].set.seeds must be a list of ints >= 0 or null, got ['a']"),
+    ({"set": {"holdout": 1.5}}, "bases[0].set.holdout must be a number in (0, 1) or null, got 1.5"),
+])
+def test_an_experiments_set_values_are_checked(capsys, tmp_path, synth_root, entry, message):
+    path = write_experiment(tmp_path / "exp.yaml", synth_root, bases=lambda exp: [{**exp["bases"][0], **entry}])
+    assert experiment_refused(capsys, tmp_path, path) == f"error: {message}"
+
+
+def test_an_experiments_meta_bases_are_names(capsys, tmp_path, synth_root):
+    path = write_experiment(tmp_path / "exp.yaml", synth_root, meta=[{"bases": [["meter_xxs"], "bts"]}])
+    assert experiment_refused(capsys, tmp_path, path) == (
+        "error: meta[0].bases must be a list of strings or null, got [['meter_xxs'], 'bts']")
+
+
+def test_the_experiment_rules_name_the_splits_and_baselines_of_the_code():
+    from ensemble_mde.compare import BASELINE_NAMES
+    from ensemble_mde.data.splits import SPLITS
+    from ensemble_mde.experiment import RULES
+
+    assert tuple(RULES["compare"]["split"]["choices"]) == SPLITS
+    assert tuple(RULES["compare"]["baselines"]["choices"]) == BASELINE_NAMES

@@ -3,8 +3,11 @@ line and exit code 2, before any run folder is made: what the packaged rules and
 reader let through at a5cdcd5 (a traceback, or a silent wrong value)."""
 
 import pytest
+import torch
 import yaml
 
+from ensemble_mde.device import resolve_device
+from ensemble_mde.errors import ConfigError
 from test_hostile_input import error_line, refused
 
 ONE_STEP = ["--epochs", "1", "--size", "32x48"]  # where today's code trains instead of refusing: briefly
@@ -123,3 +126,15 @@ def test_the_experiment_rules_name_the_splits_and_baselines_of_the_code():
 
     assert tuple(RULES["compare"]["split"]["choices"]) == SPLITS
     assert tuple(RULES["compare"]["baselines"]["choices"]) == BASELINE_NAMES
+
+
+def test_a_device_the_toolkit_does_not_run_on_is_one_line(capsys, tmp_path, synth_root, monkeypatch):
+    out = tmp_path / "run"
+    line = error_line(capsys, "train-base", "meter_xxs", "--data", synth_root, "--out", out, "--no-progress",
+                      "--device", "mps", *ONE_STEP)
+    assert line == "error: unknown device 'mps' (use auto, cpu, cuda or cuda:N)" and not out.exists()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(ConfigError, match=r"no CUDA device 5: this machine has 2 \(cuda:0 \.\. cuda:1\)"):
+        resolve_device("cuda:5")
+    assert resolve_device("cuda:1") == torch.device("cuda:1")

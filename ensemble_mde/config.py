@@ -72,12 +72,70 @@ def packaged_config_path(name: str) -> Path:
     return path
 
 
+class _DuplicateKey(yaml.constructor.ConstructorError):
+    """A key given twice in one YAML mapping (PyYAML would keep the last one silently)."""
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """yaml.safe_load that refuses a key given twice in one mapping (merge keys `<<` aside)."""
+
+    def construct_mapping(self, node, deep=False):
+        first_line: dict = {}
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                key = self.construct_object(key_node)
+                line = key_node.start_mark.line + 1
+                if key in first_line:
+                    lines = f" (lines {first_line[key]} and {line})" if first_line[key] != line else ""
+                    raise _DuplicateKey(None, None, f"key {key!r} given twice{lines}; keep one", key_node.start_mark)
+                first_line[key] = line
+        return super().construct_mapping(node, deep)
+
+
+def _looping_key(node: Any, key: str = "", _open: dict | None = None, _done: set | None = None) -> str | None:
+    """The dotted key (list items as [i]) of the first value of `node` that contains itself (a
+    YAML alias inside the anchor it names: `name: &a [*a]`), or None. A value shared by several
+    keys is walked once."""
+    _open, _done = {} if _open is None else _open, set() if _done is None else _done
+    if not isinstance(node, (dict, list)) or id(node) in _done:
+        return None
+    if id(node) in _open:
+        return _open[id(node)] or "the top level"
+    _open[id(node)] = key
+    children = (((f"{key}.{k}" if key else str(k)), v) for k, v in node.items()) if isinstance(node, dict) \
+        else ((f"{key}[{i}]", v) for i, v in enumerate(node))
+    for child_key, child in children:
+        found = _looping_key(child, child_key, _open, _done)
+        if found:
+            return found
+    del _open[id(node)]
+    _done.add(id(node))
+    return None
+
+
+def _load_yaml_text(text: str, source: object, key: str = "") -> Any:
+    """YAML text (the value of dotted `key`, "" for a whole file) -> value, as yaml.safe_load
+    reads it, less what no config can be: a key given twice in a mapping, a value that contains
+    itself, nesting too deep to read. ConfigError naming `source`."""
+    try:
+        data = yaml.load(text, Loader=_StrictLoader)
+        loop = _looping_key(data, key)
+    except _DuplicateKey as e:
+        raise ConfigError(e.problem, source) from None
+    except RecursionError:
+        raise ConfigError("nested too deeply to be a config", source) from None
+    if loop:
+        raise ConfigError(f"{loop} contains itself through a YAML alias (&anchor ... *anchor); write the value out",
+                          source)
+    return data
+
+
 def read_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ConfigError("config file not found", path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8-sig"))
+        data = _load_yaml_text(path.read_text(encoding="utf-8-sig"), path)
     except UnicodeDecodeError:
         raise ConfigError("not a text file (a YAML config must be UTF-8 text)", path) from None
     except yaml.YAMLError as e:
@@ -182,7 +240,7 @@ def parse_override(text: str) -> dict:
     if not key or any(not part for part in key.split(".")):
         raise ConfigError(f"override {text!r} has an empty key", text)
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = _load_yaml_text(raw, f"--set {text}", key) if raw.strip() else None
     except yaml.YAMLError:
         value = raw
     if isinstance(value, str) and value.strip().lower() not in ("nan", "inf", "-inf", "infinity"):
@@ -222,15 +280,19 @@ def describe_rule(rule: dict, default: Any = None) -> str:
     "an int >= 1", "a number in [0, 1]", "one of none, bf16", "a list of 2 ints >= 1 or null"."""
     kind = rule.get("type") or {bool: "bool", int: "int", float: "float", str: "str", list: "list"}.get(
         type(default))
-    lo = (f">= {rule['min']:g}", rule["min"], "[") if "min" in rule else \
-        (f"> {rule['above']:g}", rule["above"], "(") if "above" in rule else None
-    hi = (f"<= {rule['max']:g}", rule["max"], "]") if "max" in rule else \
-        (f"< {rule['below']:g}", rule["below"], ")") if "below" in rule else None
-    bounds = (f" in {lo[2]}{lo[1]:g}, {hi[1]:g}{hi[2]}" if lo and hi else f" {(lo or hi)[0]}" if lo or hi else "")
-    if "choices" in rule:
-        text = "one of " + ", ".join(str(c) for c in rule["choices"])
+    lo = (f">= {_number(rule['min'])}", rule["min"], "[") if "min" in rule else \
+        (f"> {_number(rule['above'])}", rule["above"], "(") if "above" in rule else None
+    hi = (f"<= {_number(rule['max'])}", rule["max"], "]") if "max" in rule else \
+        (f"< {_number(rule['below'])}", rule["below"], ")") if "below" in rule else None
+    bounds = (f" in {lo[2]}{_number(lo[1])}, {_number(hi[1])}{hi[2]}" if lo and hi
+              else f" {(lo or hi)[0]}" if lo or hi else "")
+    choices = ", ".join(str(c) for c in rule.get("choices", ()))
+    if choices and kind == "list":
+        text = f"a list drawn from {choices}"
+    elif choices:
+        text = f"one of {choices}"
     elif kind == "list":
-        element = {"int": "int", "float": "number"}.get(rule.get("of"), "number")
+        element = {"int": "int", "float": "number", "str": "string"}.get(rule.get("of"), "number")
         count = f"{rule['length']} " if "length" in rule else ""
         text = f"a list of {count}{element}s{bounds}" + (" in ascending order" if rule.get("ascending") else "")
     elif kind == "bool":
@@ -242,6 +304,16 @@ def describe_rule(rule: dict, default: Any = None) -> str:
     else:
         text = _article("int" if kind == "int" else "number" if bounds else "finite number") + bounds
     return text + (" or auto" if rule.get("auto") else "") + (" or null" if rule.get("nullable") else "")
+
+
+def _number(x: float) -> str:
+    """A rule's bound in words: an int in full (4294967295), a float short (0.001)."""
+    return str(x) if isinstance(x, int) else f"{x:g}"
+
+
+def _is_of(x: Any, kind: type) -> bool:
+    """Whether a list element is of a rule's `of` type (an int counts as a float)."""
+    return _is_number(x) and (kind is float or isinstance(x, int)) if kind in (int, float) else isinstance(x, kind)
 
 
 def _fits(value: Any, rule: dict, default: Any, sibling: Any) -> bool:
@@ -259,18 +331,18 @@ def _fits(value: Any, rule: dict, default: Any, sibling: Any) -> bool:
             return False
     elif kind is not None and not isinstance(value, kind):
         return False
-    if "choices" in rule:
-        return value in rule["choices"]
     items = value if isinstance(value, list) else [value]
+    if "choices" in rule:  # of a list: of each element
+        return all(x in rule["choices"] for x in items) if kind is list else value in rule["choices"]
+    numbers = [x for x in items if _is_number(x)]
     if isinstance(value, list):
         if "length" in rule and len(value) != rule["length"]:
             return False
         element = TYPES.get(rule.get("of"))
-        if element is not None and not all(_is_number(x) and (element is float or isinstance(x, int)) for x in items):
+        if element is not None and not all(_is_of(x, element) for x in items):
             return False
-        if rule.get("ascending") and items != sorted(items):
+        if rule.get("ascending") and (len(numbers) != len(items) or items != sorted(items)):
             return False
-    numbers = [x for x in items if _is_number(x)]
     if not all(math.isfinite(x) for x in numbers):
         return False
     bounded = any(word in rule for word in ("min", "max", "above", "below", "less_than"))

@@ -58,17 +58,24 @@ BASE_SCHEMA = {"name": None, "run_name": None, "preset": None, "config": None, "
 SET_SCHEMA = {"seeds": None, "folds": None, "holdout": None, "partition_seed": 0}
 META_SCHEMA = {"inputs": "rgb+d", "mode": "freeze", "bases": None, "run_name": None, "preset": None,
                "config": None, "overrides": None, "seeds": [0], "stacking": "in-sample", "oof_test": "full"}
-# What the keys accept beyond their type (the form of configs/rules.yaml).
+# What the keys accept beyond their type (the form of configs/rules.yaml), checked when the
+# file is read: the compare step comes after all training. split and baselines: the names
+# of ensemble_mde.data.splits.SPLITS and ensemble_mde.compare.BASELINE_NAMES.
 NAME = {"type": "str", "nullable": True}
 RULES = {"name": {"type": "str"}, "out": NAME, "device": {"type": "str"}, "data": {"path": NAME},
-         "compare": {"bootstrap": {"min": 0}, "figure_images": {"min": 0}, "repeats": {"min": 1}}}
+         "compare": {"split": {"choices": ["train", "val", "test"]},
+                     "baselines": {"choices": ["mean", "median", "weighted", "oracle", "convex"]},
+                     "bootstrap": {"min": 0}, "bootstrap_seed": {"min": 0}, "figure_images": {"min": 0},
+                     "repeats": {"min": 1}}}
 SYNTH_RULES = {"train": {"min": 1}, "val": {"min": 0}, "test": {"min": 0}, "seed": {"min": 0},
                "size": {"length": 2, "of": "int", "min": 1}}
 SEEDS = {"of": "int", "min": 0}
 BASE_RULES = {"name": {"type": "str"}, "run_name": NAME, "preset": NAME, "config": NAME, "seeds": SEEDS}
-META_RULES = {"run_name": NAME, "preset": NAME, "config": NAME, "bases": {"type": "list", "nullable": True},
-              "seeds": SEEDS, "stacking": {"choices": ["in-sample", "holdout", "oof"]},
-              "oof_test": {"choices": ["full", "folds"]}}
+SET_RULES = {"seeds": {"type": "list", "nullable": True, **SEEDS}, "folds": {"type": "int", "nullable": True, "min": 2},
+             "holdout": {"type": "float", "nullable": True, "above": 0, "below": 1}, "partition_seed": {"min": 0}}
+META_RULES = {"run_name": NAME, "preset": NAME, "config": NAME,
+              "bases": {"type": "list", "of": "str", "nullable": True}, "seeds": SEEDS,
+              "stacking": {"choices": ["in-sample", "holdout", "oof"]}, "oof_test": {"choices": ["full", "folds"]}}
 STEPS_FILE = "steps.json"  # <out>/steps.json: {step label: the inputs it was started with}
 NOT_AN_INPUT = ("run.device", "data.workers", "ensemble.cache_dir")  # where or how fast, not what is learnt
 
@@ -214,7 +221,7 @@ def set_spec(entry: dict, where: str):
 
     if entry["set"] is None:
         return None
-    made = _checked(entry["set"], SET_SCHEMA, f"{where}.set", {"partition_seed": {"min": 0}})
+    made = _checked(entry["set"], SET_SCHEMA, f"{where}.set", SET_RULES)
     kinds = [k for k in ("seeds", "folds", "holdout") if made[k] is not None]
     if len(kinds) != 1:
         raise ConfigError(f"{where}.set: give one of seeds, folds, holdout (got {', '.join(kinds) or 'none'})",

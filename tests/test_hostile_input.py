@@ -109,7 +109,7 @@ def test_a_yaml_alias_loop_or_a_list_where_a_path_belongs(capsys, tmp_path, synt
     loop = tmp_path / "loop.yaml"
     loop.write_text("run: {name: &a [*a]}\n")
     assert refused(capsys, tmp_path, synth_root, "--config", loop) == (
-        f"error: {loop}: run.name must be a string or null, got [[...]]")
+        f"error: {loop}: run.name contains itself through a YAML alias (&anchor ... *anchor); write the value out")
     assert refused(capsys, tmp_path, synth_root, "--set", "model.pretrained=[a, b]", learner="ldrn") == (
         "error: --set model.pretrained=[a, b]: model.pretrained must be true (timm's ImageNet weights), false "
         "(random init) or a weights file path, got ['a', 'b']")

@@ -19,15 +19,11 @@ def cmd_lr_find(args) -> int:
     from pathlib import Path
 
     from ensemble_mde import runs
-    from ensemble_mde.config import Setting
     from ensemble_mde.training.lr_finder import find_lr_for_config
     from ensemble_mde.training.base import base_config
 
-    settings = flag_settings(args)
-    if args.steps:
-        settings.append(Setting("lr_find.steps", args.steps, "--steps"))
     cfg = base_config(args.name, config_file=args.config, overrides=args.overrides, preset=args.preset,
-                      settings=settings)
+                      settings=flag_settings(args))
     plot = Path(args.plot) if args.plot else runs.run_dir_for(cfg, cfg["model"]["name"] + "_lr_find") / "lr_find.png"
     result = find_lr_for_config(cfg, plot_path=plot, progress=not args.no_progress)
     print(f"suggested learning rate: {result['suggestion']:.3g}  (steepest descent of the smoothed loss; "

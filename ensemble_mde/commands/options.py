@@ -71,7 +71,7 @@ def add_run_folder_options(p: argparse.ArgumentParser) -> None:
 PLAIN_FLAGS = (("data", "data.path"), ("epochs", "train.epochs"), ("batch_size", "train.batch_size"),
                ("lr", "train.lr"), ("seed", "run.seed"), ("device", "run.device"), ("alpha", "selectivity.alpha"),
                ("base_lr_factor", "ensemble.base_lr_factor"), ("stacking", "ensemble.stacking"),
-               ("oof_test", "ensemble.oof_test"))
+               ("oof_test", "ensemble.oof_test"), ("steps", "lr_find.steps"))
 
 
 def flag_settings(args: argparse.Namespace) -> list[Setting]:

@@ -13,8 +13,8 @@ Facts taken from the official code (our own implementation):
   input -> 3x3 sep conv. ReLU everywhere.
 - Decoder: 1x1 conv, three blocks of ConvTranspose3x3 s2 -> concat skip -> sep conv ->
   ReLU, then a 3x3 conv to one channel without bias. Native output: 1/4 of the input.
-- The official model outputs centimetres; this module outputs metres (official weights
-  are converted on import: see OFFICIAL_RELEASE).
+- The official NYU weights output centimetres, the KITTI weights decimetres; this module
+  outputs metres (official weights are converted on import: see OFFICIAL_RELEASES).
 
 Input: rgb [B,3,H,W] in [0,1]; ImageNet normalisation happens inside unless
 `imagenet_norm=False`. The official weights expect it: on 10 real NYU test frames (640x480,
@@ -54,12 +54,27 @@ INPUT_MULTIPLE = 64
 ATTENTION_HEADS = 4
 HEAD_DIM = 8
 PATCH = 2
-# How the official releases differ from this module, for `ensemble import-weights`:
-# `to_metres` {state_dict key: factor} turns their centimetres into metres (the last conv is
-# linear and bias-free, so scaling its weight scales the output); `input_size` [H, W] they
-# were trained and evaluated at; `model` the constructor arguments they need.
-OFFICIAL_RELEASE = {"to_metres": {"decoder.conv2d_out.weight": 0.01}, "input_size": [192, 256],
-                    "model": {"imagenet_norm": True}}
+# How the official releases (build_model_best_<dataset>_<variant>) differ from this module,
+# for `ensemble import-weights`, by the dataset they were trained on: `to_metres` {state_dict
+# key: factor} turns their unit into metres (the last conv is linear and bias-free, so
+# scaling its weight scales the output); `input_size` [H, W] they were trained and evaluated
+# at; `model` the constructor arguments they need; `layer` the packaged config layer of their
+# data's protocol (configs/data/kitti.yaml: 80 m, Garg crop), None for NYU (the defaults).
+# KITTI: 192x636 is the paper's KITTI input, a 375x1242 frame at height 192; the official
+# repository has no data loader or `globals.py` (RGB_img_res) to confirm it, but its decoder
+# pads a skip connection by one column when the width is no multiple of 32 (636: 159 columns
+# at 1/4), which its NYU width 256 never needs. Decimetres, not the NYU
+# release's centimetres: nothing in the repository states the unit, but its augmentation
+# shifts depth by +-10 "cm/dm" (augmentation.py) and its loss takes SSIM over a range of 1000
+# for both sets (loss.py: 10 m in cm, 80 m in dm), and on the real NYU frame of
+# ../shared/data the KITTI weights read a median of 114 (192x256) to 138 (192x636): 11-14 m
+# as decimetres, 1.1-1.4 m as centimetres, nearer than KITTI's LiDAR GT almost ever is.
+OFFICIAL_RELEASES = {
+    "nyu": {"to_metres": {"decoder.conv2d_out.weight": 0.01}, "input_size": [192, 256],
+            "model": {"imagenet_norm": True}, "layer": None},
+    "kitti": {"to_metres": {"decoder.conv2d_out.weight": 0.1}, "input_size": [192, 636],
+              "model": {"imagenet_norm": True}, "layer": "data/kitti"},
+}
 
 
 class SeparableConv(nn.Module):

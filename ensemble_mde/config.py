@@ -23,6 +23,8 @@ import yaml
 from ensemble_mde.errors import ConfigError
 
 PRESETS_KEY = "presets"
+# data keys that say where a list-file dataset's lists and files are (bts, kitti)
+LISTING_KEYS = ("train_list", "test_list", "train_root", "test_root", "train_depth_root", "test_depth_root")
 RULES = "rules"  # configs/rules.yaml: what each packaged key accepts beyond its type
 TYPES = {"int": int, "float": float, "bool": bool, "str": str, "list": list,
          "weights": (bool, str)}  # weights: true (timm's ImageNet weights), false (random) or a file path
@@ -474,7 +476,7 @@ def absolute_paths(cfg: dict) -> dict:
     if cfg["data"]["path"] is None:  # e.g. an imported run, which was trained on no data of ours
         raise ConfigError("no dataset is set (data.path is null); pass --data PATH", "data.path")
     cfg["data"]["path"] = str(Path(cfg["data"]["path"]).expanduser().resolve())
-    for key in ("train_list", "test_list", "train_root", "test_root"):
+    for key in LISTING_KEYS:
         if cfg["data"].get(key):
             cfg["data"][key] = str(Path(cfg["data"][key]).expanduser().resolve())
     for section in ("model", "meta"):

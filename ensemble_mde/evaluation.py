@@ -24,10 +24,10 @@ def evaluation_config(run_cfg: dict, data: str | None = None, overrides=()) -> d
 
     cfg = copy.deepcopy(data_view(run_cfg) if not data else run_cfg)
     cfg.pop(RECORD, None)
-    if data:
-        cfg = config_mod.merge(cfg, {"data": {"path": str(data), "format": "auto", "train_list": None,
-                                              "test_list": None, "train_root": None, "test_root": None}},
-                               strict=True, source="--data")
+    if data:  # the listing keys a run saved before some of them existed has
+        listing = {key: None for key in config_mod.LISTING_KEYS if key in cfg["data"]}
+        cfg = config_mod.merge(cfg, {"data": {"path": str(data), "format": "auto", **listing}}, strict=True,
+                               source="--data")
     for text in overrides:
         cfg = config_mod.merge(cfg, config_mod.parse_override(text), strict=True, source=f"--set {text}")
     cfg = config_mod.absolute_paths(cfg)

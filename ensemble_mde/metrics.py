@@ -6,7 +6,8 @@ sq_rel = mean((p-g)^2/g); rmse = sqrt(mean((p-g)^2)); rmse_log = sqrt(mean((log 
 log10 = mean(|log10 p - log10 g|); silog = 100 sqrt(mean(e^2) - mean(e)^2), e = log p - log g.
 Then the mean over images. The prediction is upsampled bilinearly (align_corners=False) to
 the GT size and clipped to [min_depth, max_depth]; valid GT is min_depth < g < max_depth,
-optionally inside the Eigen crop. No median scaling. Computed in float64.
+optionally inside an evaluation crop (NYU's Eigen crop; KITTI's Garg or Eigen crop). No
+median scaling. Computed in float64.
 """
 
 from __future__ import annotations
@@ -25,6 +26,12 @@ HIGHER_IS_BETTER = {"d1", "d2", "d3"}
 
 # Eigen crop of a 480x640 NYU frame (BTS/AdaBins `eval_mask[45:471, 41:601]`).
 EIGEN_CROP_480x640 = (45, 471, 41, 601)
+# KITTI's crops as (top, bottom, left, right) fractions of the GT height and width, sliced as
+# BTS/AdaBins (and the SG study's evaluate.py) do: rows int(top*H):int(bottom*H), columns
+# int(left*W):int(right*W) of the kb-cropped GT.
+KITTI_CROPS = {"kitti_garg": (0.40810811, 0.99189189, 0.03594771, 0.96405229),
+               "kitti_eigen": (0.3324324, 0.91351351, 0.0359477, 0.96405229)}
+CROP_LABELS = {True: "Eigen crop", "kitti_garg": "Garg crop", "kitti_eigen": "KITTI Eigen crop"}
 
 
 def eigen_crop_mask(h: int, w: int) -> torch.Tensor:
@@ -38,6 +45,24 @@ def eigen_crop_mask(h: int, w: int) -> torch.Tensor:
     mask = torch.zeros(h, w, dtype=torch.bool)
     mask[(top * h) // 480:(bottom * h) // 480, (left * w) // 640:(right * w) // 640] = True
     return mask
+
+
+def crop_mask(crop: bool | str, h: int, w: int) -> torch.Tensor | None:
+    """Bool [h,w] of the evaluation crop `crop` names: True = NYU's Eigen crop
+    (`eigen_crop_mask`), "kitti_garg" / "kitti_eigen" = KITTI_CROPS; None for False (no crop)."""
+    if not isinstance(crop, str):
+        return eigen_crop_mask(h, w) if crop else None
+    if crop not in KITTI_CROPS:
+        raise ValueError(f"unknown evaluation crop {crop!r}; one of True, False, {', '.join(KITTI_CROPS)}")
+    top, bottom, left, right = KITTI_CROPS[crop]
+    mask = torch.zeros(h, w, dtype=torch.bool)
+    mask[int(top * h):int(bottom * h), int(left * w):int(right * w)] = True
+    return mask
+
+
+def crop_label(crop: bool | str) -> str:
+    """How a report names the evaluation crop: "Eigen crop", "Garg crop", ...; "" for none."""
+    return CROP_LABELS.get(crop, "") if crop else ""
 
 
 def _shape(x) -> tuple:
@@ -57,11 +82,12 @@ def _as_map(x, what: str, name: str | None) -> torch.Tensor:
     return t.to("cpu", torch.float64)
 
 
-def depth_metrics(pred, gt, *, min_depth: float = 1e-3, max_depth: float = 10.0, eigen_crop: bool = False,
-                  name: str | None = None) -> dict[str, float]:
+def depth_metrics(pred, gt, *, min_depth: float = 1e-3, max_depth: float = 10.0,
+                  eigen_crop: bool | str = False, name: str | None = None) -> dict[str, float]:
     """NYU metrics of ONE image: pred and gt in metres, tensor or ndarray, [H,W] / [1,H,W] /
     [1,1,H,W] (pred may be smaller than gt: it is upsampled). Returns {key: float} for
     METRIC_KEYS. Non-finite predictions follow AdaBins: +inf -> max_depth, NaN -> min_depth.
+    eigen_crop: the evaluation crop (`crop_mask`: True = NYU's Eigen crop, or a KITTI crop name).
     Raises DataError naming `name` if no GT pixel is valid.
     """
     p = _as_map(pred, "prediction", name)
@@ -71,10 +97,11 @@ def depth_metrics(pred, gt, *, min_depth: float = 1e-3, max_depth: float = 10.0,
     p = torch.nan_to_num(p, nan=min_depth, posinf=max_depth, neginf=min_depth).clamp(min_depth, max_depth)
 
     valid = (g > min_depth) & (g < max_depth)
-    if eigen_crop:
-        valid &= eigen_crop_mask(*g.shape)
+    mask = crop_mask(eigen_crop, *g.shape)
+    if mask is not None:
+        valid &= mask
     if not bool(valid.any()):
-        where = " inside the Eigen crop" if eigen_crop else ""
+        where = f" inside the {crop_label(eigen_crop)}" if eigen_crop else ""
         raise DataError(f"{name or 'image'}: no valid ground-truth pixel ({min_depth} < depth < {max_depth}{where})",
                         where=name)
     p, g = p[valid], g[valid]
@@ -105,10 +132,10 @@ class MetricAccumulator:
     metric + `n_images`: the same whatever the batching.
     """
 
-    def __init__(self, *, min_depth: float = 1e-3, max_depth: float = 10.0, eigen_crop: bool = False):
+    def __init__(self, *, min_depth: float = 1e-3, max_depth: float = 10.0, eigen_crop: bool | str = False):
         self.min_depth = float(min_depth)
         self.max_depth = float(max_depth)
-        self.eigen_crop = bool(eigen_crop)
+        self.eigen_crop = eigen_crop if isinstance(eigen_crop, str) else bool(eigen_crop)  # see crop_mask
         self.per_image: list[dict] = []        # {"name": str, **metrics} in update order
 
     def update(self, pred, gt, name=None) -> None:

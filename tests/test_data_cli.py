@@ -91,9 +91,9 @@ def test_missing_path_and_unknown_format(tmp_path, capsys):
     (tmp_path / "notes.txt").write_text("just some notes\n")
     code, _, err = run(capsys, "data", "check", tmp_path)
     assert code == 2 and one_error_line(err).startswith(f"error: {tmp_path}: unknown dataset format")
-    code, _, err = run(capsys, "data", "check", tmp_path, "--set", "data.format=kitti")
-    assert code == 2 and one_error_line(err) == ("error: --set data.format=kitti: data.format must be one of auto, "
-                                                 "densedepth, bts, nyu_labeled, got 'kitti'")
+    code, _, err = run(capsys, "data", "check", tmp_path, "--set", "data.format=cityscapes")
+    assert code == 2 and one_error_line(err) == ("error: --set data.format=cityscapes: data.format must be one of "
+                                                 "auto, densedepth, bts, kitti, nyu_labeled, got 'cityscapes'")
 
 
 def test_show_writes_a_grid(tmp_path, capsys):

@@ -10,7 +10,7 @@ from ensemble_mde.config import parse_size
 
 def register(sub) -> None:
     data = sub.add_parser("data", help="check, preview or synthesise a dataset",
-                          description="Inspect a dataset (DenseDepth folder/zip, BTS lists, labeled .mat) "
+                          description="Inspect a dataset (DenseDepth folder/zip, BTS or KITTI lists, labeled .mat) "
                                       "or render the synthetic one.")
     data.set_defaults(func=lambda args: _help(data))
     cmds = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND")

@@ -8,7 +8,8 @@ from ensemble_mde.commands.options import add_config_options, int_at_least
 
 
 def register(sub) -> None:
-    p = sub.add_parser("evaluate", help="NYU metrics of a run on a split (Eigen crop for NYU-sized GT)",
+    p = sub.add_parser("evaluate", help="NYU metrics of a run on a split (Eigen crop for NYU-sized GT, "
+                                        "Garg crop on KITTI)",
                        description="Run the model at its configured input size, upsample to the GT resolution, "
                                    "score with the NYU protocol.")
     p.add_argument("run", help="run folder or checkpoint")
@@ -26,7 +27,7 @@ def cmd_evaluate(args) -> int:
     from ensemble_mde.evaluation import evaluate_model, evaluation_config
     from ensemble_mde.runs import model_input_size
     from ensemble_mde.loading import load_any_run
-    from ensemble_mde.metrics import METRIC_KEYS
+    from ensemble_mde.metrics import METRIC_KEYS, crop_label
 
     device = resolve_device(args.device or "auto")
     model, run_cfg = load_any_run(args.run, device=device, for_inference=True)
@@ -45,7 +46,7 @@ def cmd_evaluate(args) -> int:
     from ensemble_mde.progress import output_console
 
     table = Table(title=f"{args.run} on {cfg['data']['path']} ({args.split}, {metrics['n_images']} images"
-                        f"{', Eigen crop' if eigen else ''}{', flip TTA' if args.flip_tta else ''})")
+                        f"{', ' + crop_label(eigen) if eigen else ''}{', flip TTA' if args.flip_tta else ''})")
     for key in METRIC_KEYS:
         table.add_column(key, justify="right")
     table.add_row(*(f"{metrics[k]:.4f}" for k in METRIC_KEYS))

@@ -20,7 +20,7 @@ import numpy as np
 from ensemble_mde.compare.render import FORMAT_SUFFIX, render
 from ensemble_mde.compare.tables import (Comparison, accuracy_table, compute_table, significance_table,
                                          weights_table)
-from ensemble_mde.metrics import METRIC_KEYS
+from ensemble_mde.metrics import METRIC_KEYS, crop_label
 from ensemble_mde.io import atomic_write_text, atomic_write_with
 from ensemble_mde.runs import RunFolder
 from ensemble_mde.visualize import depth_colormap, pyplot
@@ -188,8 +188,9 @@ def write_report(comparison: Comparison, out: str | Path, *, silog: bool = False
     curves = save_training_curves(run_dirs, out / "training_curves.png")
     info = comparison.info
     lines = [f"# {title}", "",
-             f"Data: `{info['data']}`, split **{info['split']}** ({info['n_images']} images), Eigen crop "
-             f"{'on' if info['eigen_crop'] else 'off'}, flip TTA {'on' if info['flip'] else 'off'}; "
+             f"Data: `{info['data']}`, split **{info['split']}** ({info['n_images']} images), "
+             f"{crop_label(info['eigen_crop']) + ' on' if info['eigen_crop'] else 'Eigen crop off'}, "
+             f"flip TTA {'on' if info['flip'] else 'off'}; "
              f"evaluated on {info['device_name']}; written {time.strftime('%Y-%m-%d %H:%M')}.", "",
              "## Accuracy", "", render(accuracy_table(comparison, silog=silog), "md")]
     if comparison.bootstrap:

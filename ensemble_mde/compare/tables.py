@@ -10,7 +10,7 @@ import numpy as np
 from ensemble_mde.compare.stats import format_p, paired_bootstrap
 from ensemble_mde.compare.variants import RunInfo, Variant
 from ensemble_mde.errors import ConfigError
-from ensemble_mde.metrics import HIGHER_IS_BETTER, METRIC_KEYS
+from ensemble_mde.metrics import HIGHER_IS_BETTER, METRIC_KEYS, crop_label
 
 ORACLE_NOTE = ("† Upper bounds that look at the ground truth (not ranked). Oracle (selection): per pixel the base "
                "nearest the GT; no single base has a smaller per-pixel absolute error, but it bounds neither blends "
@@ -199,7 +199,7 @@ def accuracy_table(comparison: Comparison, *, silog: bool = False, delta_metric:
     if boot:
         notes.append(_bootstrap_note(comparison))
     title = (f"Accuracy on {info.get('data_name', 'the test set')} ({info.get('split', 'test')}, "
-             f"{n} images{', Eigen crop' if info.get('eigen_crop') else ''}"
+             f"{n} images{', ' + crop_label(info['eigen_crop']) if info.get('eigen_crop') else ''}"
              f"{', flip TTA' if info.get('flip') else ''})")
     return mark_ranks(Table(title, columns, rows, notes))
 

@@ -4,9 +4,9 @@
     val_set = build_dataset(cfg, "val")                # scene-disjoint, carved from train
     sample = train_set[0]  # rgb [3,H,W] in [0,1], depth [1,H,W] m (0 = invalid), name, scene, focal, index
 
-A source per format (DenseDepth CSVs in a folder or zip, BTS list files, the labeled .mat)
-lists the records of each split and loads a frame; `DepthDataset` validates the frame,
-resizes it to `data.size` and augments it.
+A source per format (DenseDepth CSVs in a folder or zip, BTS list files, KITTI's
+(data/kitti.py), the labeled .mat) lists the records of each split and loads a frame;
+`DepthDataset` validates the frame, resizes it to `data.size` and augments it.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ensemble_mde.data import readers
+from ensemble_mde.data import kitti, readers
 from ensemble_mde.data.augment import augment_rng, augment_sample
 from ensemble_mde.data.readers import NYU_FOCAL, NYU_WIDTH, Record
 from ensemble_mde.data.splits import repeated_frames, split_records
@@ -131,7 +131,9 @@ class BtsSource(ImagePairSource):
     """BTS/AdaBins list files (`<rgb> <depth> <focal>` lines). `data.path` is a list file or
     a folder holding them (train/test picked by the name; data.train_list/test_list
     override). Image paths are relative to data.train_root/test_root when set, else to
-    the list file's folder, else to data.path (the first that holds the list's first image)."""
+    the list file's folder, else to data.path (the first that holds the list's first image);
+    depth paths to data.train_depth_root/test_depth_root when set (BTS's gt_path), else to
+    the image root."""
 
     format = "bts"
     is_synthetic = False
@@ -181,34 +183,77 @@ class BtsSource(ImagePairSource):
         lists = [self._list(split) for split in ("train", "test") if self.has(split)]
         return [str(p).encode("utf-8") + b"\0" + p.read_bytes() for p in lists]
 
-    def _image_root(self, split: str, list_file: Path, first_rgb: str | None) -> Path:
-        configured = self.cfg.get("test_root" if split == "test" else "train_root")
+    def _root(self, key: str, split: str, candidates: list[Path], first: str | None) -> Path:
+        """data.<train|test>_<key> when set, else the first of `candidates` that holds `first`
+        (the list's first path of that column), else the first candidate."""
+        configured = self.cfg.get(f"{'test' if split == 'test' else 'train'}_{key}")  # .get: configs of older runs
         if configured:
             return Path(configured)
-        candidates = [list_file.parent] + ([self.path] if self.path.is_dir() else [])
         for root in candidates:
-            if first_rgb is not None and (root / first_rgb).is_file():
+            if first is not None and (root / first.lstrip("/")).is_file():
                 return root
         return candidates[0]
 
+    def depth_roots(self, image_root: Path) -> list[Path]:
+        """Where the depth paths may be relative to, in the order tried."""
+        return [image_root]
+
+    def rows(self, list_file: Path) -> list[tuple[str, str, float]]:
+        """The (rgb, depth, focal) lines of a split's list file."""
+        return readers.read_bts_list(list_file)
+
+    def scene(self, rgb: str) -> str:
+        """The scene of a listed image: its folder (`/bookstore_0001d/rgb_00001.jpg`)."""
+        return Path(rgb).parent.name or rgb
+
     def records(self, split: str) -> list[Record]:
         list_file = self._list(split)
-        rows = readers.read_bts_list(list_file)
-        root = self._image_root(split, list_file, rows[0][0].lstrip("/") if rows else None)
+        rows = self.rows(list_file)
+        first_rgb, first_depth = (rows[0][0], rows[0][1]) if rows else (None, None)
+        root = self._root("root", split, [list_file.parent] + ([self.path] if self.path.is_dir() else []), first_rgb)
+        depth_root = self._root("depth_root", split, self.depth_roots(root), first_depth)
         out = []
         for rgb, depth, focal in rows:
-            keys = [readers.listed_path(root, listed) for listed in (rgb, depth)]
+            keys = [readers.listed_path(root, rgb), readers.listed_path(depth_root, depth)]
             for key, listed in zip(keys, (rgb, depth)):
                 if listed.startswith("/"):
                     self._listed[key] = listed
             rel = rgb.lstrip("/")
-            out.append(Record(name=rel.rsplit(".", 1)[0], scene=Path(rel).parent.name or rel, rgb=keys[0],
-                              depth=keys[1], focal=focal))
+            out.append(Record(name=rel.rsplit(".", 1)[0], scene=self.scene(rel), rgb=keys[0], depth=keys[1],
+                              focal=focal))
         return out
 
     def where_missing(self, key: str) -> str:
         listed = self._listed.get(key)
         return key if listed is None else f"{listed} (looked for as listed and as {key})"
+
+
+class KittiSource(BtsSource):
+    """BTS/AdaBins KITTI list files (data/kitti.py): lines without ground truth skipped,
+    drives as scenes, depth / 256, frames kb-cropped; roots as for BtsSource, the depth root
+    tried under the image root's data_depth_annotated/ first."""
+
+    format = "kitti"
+
+    def rows(self, list_file: Path) -> list[tuple[str, str, float]]:
+        return [row for row in readers.read_bts_list(list_file) if row[1] != kitti.NO_DEPTH]
+
+    def depth_roots(self, image_root: Path) -> list[Path]:
+        return [image_root / kitti.DEPTH_ROOT, image_root]
+
+    def scene(self, rgb: str) -> str:
+        return kitti.kitti_scene(rgb)
+
+    def load(self, record: Record) -> tuple[torch.Tensor, np.ndarray, str]:
+        rgb_where, depth_where = self.store.where(record.rgb), self.store.where(record.depth)
+        rgb = readers.load_rgb(self.store.read(record.rgb), rgb_where)
+        depth, bits = readers.read_depth_png(self.store.read(record.depth), depth_where,
+                                             units_per_metre=kitti.KITTI_DEPTH_SCALE)
+        if bits != 16:
+            raise DataError("KITTI depth must be a 16-bit PNG (metres x 256)", depth_where)
+        if tuple(depth.shape) == tuple(rgb.shape[-2:]):  # a mismatched pair is left to the dataset's size check
+            rgb, depth = kitti.kb_crop(rgb, depth, rgb_where)
+        return rgb, depth, "16-bit PNG, m x 256"
 
 
 class LabeledSource:
@@ -282,6 +327,8 @@ def open_source(cfg_data: dict):
         return DenseDepthSource(path)
     if fmt == "bts":
         return BtsSource(cfg_data)
+    if fmt == "kitti":
+        return KittiSource(cfg_data)
     return LabeledSource(path)
 
 
@@ -420,14 +467,18 @@ def repeated_message(repeated: list[str], source, split: str) -> str:
     return f"listed more than once in the {split} split ({source.listing(split)}{more}); remove the repeated lines"
 
 
-def eigen_crop_default(cfg_data: dict, dataset: DepthDataset) -> bool:
-    """data.eigen_crop resolved: true/false as set; `auto` = on for real (non-synthetic)
-    NYU data whose GT has the 3:4 aspect of 480x640, off for synthetic data."""
+def eigen_crop_default(cfg_data: dict, dataset: DepthDataset) -> bool | str:
+    """data.eigen_crop resolved to the evaluation crop `metrics.crop_mask` takes. NYU:
+    true/false as set; `auto` = on for real (non-synthetic) NYU data whose GT has the 3:4
+    aspect of 480x640, off for synthetic data. KITTI: "kitti_garg" for auto (BTS/AdaBins's
+    KITTI protocol), "kitti_eigen" (KITTI's Eigen crop) for true, False for false."""
     value = cfg_data.get("eigen_crop", "auto")
+    if not (isinstance(value, bool) or value == "auto"):
+        raise ConfigError(f"data.eigen_crop must be auto, true or false, got {value!r}", "data.eigen_crop")
+    if dataset.format == "kitti":
+        return "kitti_garg" if value == "auto" else "kitti_eigen" if value else False
     if isinstance(value, bool):
         return value
-    if value != "auto":
-        raise ConfigError(f"data.eigen_crop must be auto, true or false, got {value!r}", "data.eigen_crop")
     if dataset.is_synthetic or len(dataset) == 0:
         return False
     h, w = dataset.gt_size()

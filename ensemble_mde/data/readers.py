@@ -1,5 +1,6 @@
-"""Readers for the NYU Depth V2 layouts of docs/design.md §3: image decoding, file access in a
-folder or straight from a zip, list/CSV parsing, the labeled .mat, and format detection.
+"""Readers for the NYU Depth V2 layouts and KITTI of docs/design.md §3: image decoding, file
+access in a folder or straight from a zip, list/CSV parsing, the labeled .mat, and format
+detection.
 
 Every problem a user's files can cause is a DataError whose message names the file.
 Handles on zip and HDF5 files are opened lazily once per process (checked by pid): they
@@ -12,6 +13,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,11 +26,12 @@ from ensemble_mde.errors import ConfigError, DataError
 
 NYU_FOCAL = 518.8579  # fx in pixels of the 640x480 NYU Depth V2 frames (fy 519.4696)
 NYU_WIDTH = 640
-FORMATS = ("densedepth", "bts", "nyu_labeled")
+FORMATS = ("densedepth", "bts", "kitti", "nyu_labeled")
 SYNTHETIC_MARKER = "synthetic.json"  # written by `ensemble data synth` at the dataset root
 DENSEDEPTH_CSV = {"train": "data/nyu2_train.csv", "val": "data/nyu2_val.csv", "test": "data/nyu2_test.csv"}
 MAT_SUFFIXES = (".mat", ".h5", ".hdf5")
 LIST_KEYWORDS = ("train", "test")
+KITTI_DRIVE = re.compile(r"\d{4}_\d{2}_\d{2}_drive_\d{4}_sync")  # a KITTI raw-data drive folder
 
 
 @dataclass(frozen=True)
@@ -90,14 +93,15 @@ def load_rgb(source: str | Path | bytes, where: str | None = None, upright: bool
     return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
 
 
-def read_depth_png(source: str | Path | bytes, where: str | None = None) -> tuple[np.ndarray, int]:
+def read_depth_png(source: str | Path | bytes, where: str | None = None,
+                   units_per_metre: float = 1000.0) -> tuple[np.ndarray, int]:
     """Depth image -> (float32 [H,W] metres, bit depth). The PNG's bit depth decides the
-    encoding, not the split: 16-bit = millimetres (/1000), 8-bit = v/255*10 m (DenseDepth's
-    train set). 0 stays 0 (no depth)."""
+    encoding, not the split: 16-bit = value / units_per_metre (NYU: millimetres, 1000; KITTI:
+    256), 8-bit = v/255*10 m (DenseDepth's train set). 0 stays 0 (no depth)."""
     data, where = _image_bytes(source, where)
     image = decode_image(data, where)
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        return np.asarray(image, dtype=np.float32) / 1000.0, 16
+        return np.asarray(image, dtype=np.float32) / float(units_per_metre), 16
     if image.mode == "L":
         return np.asarray(image, dtype=np.float32) * (10.0 / 255.0), 8
     raise DataError(f"depth image must be single-channel 8- or 16-bit, got PIL mode {image.mode}", where)
@@ -273,18 +277,31 @@ def read_bts_list(path: Path) -> list[tuple[str, str, float]]:
     return rows
 
 
-def is_bts_list(path: Path) -> bool:
-    """A .txt file whose first non-blank line has the `<rgb> <depth> <focal>` form."""
+def first_list_row(path: Path) -> tuple[str, str, float] | None:
+    """The first non-blank line of a .txt file as (rgb, depth, focal) when it has the
+    `<rgb> <depth> <focal>` form, else None."""
     if path.suffix.lower() != ".txt" or not path.is_file():
-        return False
+        return None
     try:
         with open(path, encoding="utf-8-sig") as f:
             for line in f:
                 if line.strip():
-                    return _bts_line(line) is not None
+                    return _bts_line(line)
     except (OSError, UnicodeDecodeError):
-        return False
-    return False
+        return None
+    return None
+
+
+def is_bts_list(path: Path) -> bool:
+    """A .txt file whose first non-blank line has the `<rgb> <depth> <focal>` form."""
+    return first_list_row(path) is not None
+
+
+def is_kitti_list(path: Path) -> bool:
+    """Such a list whose first image lies in a KITTI raw-data drive folder
+    (`2011_09_26/2011_09_26_drive_0002_sync/image_02/data/...`, BTS/AdaBins's Eigen lists)."""
+    row = first_list_row(path)
+    return row is not None and KITTI_DRIVE.search(row[0]) is not None
 
 
 def listed_path(root: Path, listed: str) -> str:
@@ -330,7 +347,8 @@ def zip_prefix(names: frozenset[str], zip_path: Path) -> str:
 def detect_format(path: str | Path) -> str:
     """Format of the dataset at `path` from what is there: a .zip -> densedepth; a
     .mat/.h5 -> nyu_labeled; a folder with data/nyu2_*.csv -> densedepth; a folder with
-    (or a .txt) list of `<rgb> <depth> <focal>` lines -> bts."""
+    (or a .txt) list of `<rgb> <depth> <focal>` lines -> kitti when its images lie in KITTI
+    drive folders, else bts."""
     path = Path(path)
     if not path.exists():
         raise DataError("no such file or folder", path)
@@ -341,12 +359,14 @@ def detect_format(path: str | Path) -> str:
         return "nyu_labeled"
     if path.is_dir() and densedepth_root(path) is not None:
         return "densedepth"
-    if is_bts_list(path) or (path.is_dir() and bts_lists_in(path)):
-        return "bts"
+    lists = [path] if is_bts_list(path) else bts_lists_in(path) if path.is_dir() else []
+    if lists:
+        return "kitti" if any(is_kitti_list(p) for p in lists) else "bts"
     raise DataError(
         "unknown dataset format: looked for a DenseDepth .zip or folder with data/nyu2_train.csv or "
-        "data/nyu2_test.csv (densedepth), list files of '<rgb> <depth> <focal>' lines (bts), "
-        "a .mat/.h5 file (nyu_labeled); set data.format to force one", path)
+        "data/nyu2_test.csv (densedepth), list files of '<rgb> <depth> <focal>' lines (bts, or kitti when "
+        "the images lie in KITTI drive folders), a .mat/.h5 file (nyu_labeled); set data.format to force one",
+        path)
 
 
 def resolve_format(cfg_data: dict) -> str:

@@ -48,15 +48,15 @@ def resize_rgb(rgb: torch.Tensor, size: tuple[int, int] | None) -> torch.Tensor:
 class Prediction:
     """One sample's prediction: dataset index, name, GT [1,H,W], the RGB as the dataset gave it,
     `depth` [1,h,w] metres at the model's input size (the flip-TTA mean with flip), the model's
-    output dict of the straight pass for this sample (depth, weights ...), and `mirrored`
-    [1,h,w] the depth predicted for the mirrored image, not flipped back (flip only)."""
+    output dict of the straight pass for this sample (depth, weights ...), and `mirrored` that
+    of the mirrored image, not flipped back (flip only)."""
     index: int
     name: str
     gt: torch.Tensor
     rgb: torch.Tensor
     depth: torch.Tensor
     outputs: dict
-    mirrored: torch.Tensor | None = None
+    mirrored: dict | None = None
 
 
 def _collate_eval(samples: list[dict]) -> dict:
@@ -101,9 +101,8 @@ def predictions(model: torch.nn.Module, dataset, *, device: torch.device, input_
 
         depth = (flip_tta(forward, rgb) if flip else forward(rgb)).float().cpu()
         for j, (index, name, gt, frame) in enumerate(zip(batch["index"], batch["name"], batch["depth"], batch["rgb"])):
-            yield Prediction(index, name, gt, frame, depth[j],
-                             {k: v[j] for k, v in outputs[0].items() if torch.is_tensor(v)},
-                             outputs[1]["depth"][j].float().cpu() if flip else None)
+            own = [{k: v[j] for k, v in out.items() if torch.is_tensor(v)} for out in outputs]
+            yield Prediction(index, name, gt, frame, depth[j], own[0], own[1] if flip else None)
 
 
 def evaluate_model(

@@ -18,7 +18,8 @@ File layout (every key optional except `bases`; see configs/experiments/demo.yam
     meta:                      # one run per variant and seed, over the bases of the same seed
       - {inputs: rgb+d, mode: freeze, bases: null, preset: null, overrides: {}, seeds: [0],
          stacking: in-sample, oof_test: full}   # bases: labels, a set's label, or label/member (bts_cv/full)
-    compare: {split: test, baselines: [mean, median, weighted, oracle, convex], bootstrap: 1000}
+    compare: {split: test, baselines: [mean, median, weighted, oracle, convex], bootstrap: 1000,
+              uncertainty: false}   # uncertainty: `compare --uncertainty` (AUSE table, curves)
 
 Steps run through the Python API (ensemble_mde.training.base, ensemble_mde.training.meta). Each
 training step records its inputs when it starts, in <out>/steps.json: its resolved config,
@@ -50,7 +51,7 @@ SCHEMA = {
     "meta": [],
     "compare": {"split": "test", "baselines": ["mean", "median", "weighted", "oracle", "convex"], "bootstrap": 1000,
                 "bootstrap_seed": 0, "flip_tta": False, "figure_images": 3, "measure": True, "repeats": 10,
-                "silog": False},
+                "silog": False, "uncertainty": False},
 }
 SYNTH_SCHEMA = {"train": 2000, "val": 200, "test": 200, "size": [240, 320], "seed": 0}
 BASE_SCHEMA = {"name": None, "run_name": None, "preset": None, "config": None, "overrides": None, "seeds": [0],
@@ -390,7 +391,8 @@ def plan(exp: dict, say=print) -> list[Step]:
         comparison = compare_runs(run_dirs, split=c["split"], flip=c["flip_tta"], baselines=c["baselines"],
                                   bootstrap=c["bootstrap"], bootstrap_seed=c["bootstrap_seed"],
                                   device=exp["device"], measure=c["measure"], repeats=c["repeats"],
-                                  figure_images=c["figure_images"], progress=progress, say=say)
+                                  figure_images=c["figure_images"], progress=progress,
+                                  uncertainty=c["uncertainty"], say=say)
         step.info = {"comparison": comparison,
                      "report": write_report(comparison, out / "report", silog=c["silog"],
                                             title=f"Experiment {exp['name']}")}

@@ -82,14 +82,12 @@ def _as_map(x, what: str, name: str | None) -> torch.Tensor:
     return t.to("cpu", torch.float64)
 
 
-def depth_metrics(pred, gt, *, min_depth: float = 1e-3, max_depth: float = 10.0,
-                  eigen_crop: bool | str = False, name: str | None = None) -> dict[str, float]:
-    """NYU metrics of ONE image: pred and gt in metres, tensor or ndarray, [H,W] / [1,H,W] /
-    [1,1,H,W] (pred may be smaller than gt: it is upsampled). Returns {key: float} for
-    METRIC_KEYS. Non-finite predictions follow AdaBins: +inf -> max_depth, NaN -> min_depth.
-    eigen_crop: the evaluation crop (`crop_mask`: True = NYU's Eigen crop, or a KITTI crop name).
-    Raises DataError naming `name` if no GT pixel is valid.
-    """
+def scored_pixels(pred, gt, *, min_depth: float = 1e-3, max_depth: float = 10.0, eigen_crop: bool | str = False,
+                  name: str | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(prediction, GT, valid) [H,W] float64 / bool as `depth_metrics` scores them: the
+    prediction upsampled to the GT and clipped, valid the GT pixels inside the range (and the
+    evaluation crop: `crop_mask`, True = NYU's Eigen crop, or a KITTI crop name). Raises
+    DataError naming `name` if no GT pixel is valid."""
     p = _as_map(pred, "prediction", name)
     g = _as_map(gt, "ground truth", name)
     if p.shape != g.shape:
@@ -104,6 +102,18 @@ def depth_metrics(pred, gt, *, min_depth: float = 1e-3, max_depth: float = 10.0,
         where = f" inside the {crop_label(eigen_crop)}" if eigen_crop else ""
         raise DataError(f"{name or 'image'}: no valid ground-truth pixel ({min_depth} < depth < {max_depth}{where})",
                         where=name)
+    return p, g, valid
+
+
+def depth_metrics(pred, gt, *, min_depth: float = 1e-3, max_depth: float = 10.0, eigen_crop: bool | str = False,
+                  name: str | None = None) -> dict[str, float]:
+    """NYU metrics of ONE image: pred and gt in metres, tensor or ndarray, [H,W] / [1,H,W] /
+    [1,1,H,W] (pred may be smaller than gt: it is upsampled). Returns {key: float} for
+    METRIC_KEYS. Non-finite predictions follow AdaBins: +inf -> max_depth, NaN -> min_depth.
+    eigen_crop: the evaluation crop (`scored_pixels`). Raises DataError naming `name` if no GT
+    pixel is valid.
+    """
+    p, g, valid = scored_pixels(pred, gt, min_depth=min_depth, max_depth=max_depth, eigen_crop=eigen_crop, name=name)
     p, g = p[valid], g[valid]
 
     ratio = torch.maximum(p / g, g / p)

@@ -1,5 +1,6 @@
-"""Depth images: 16-bit millimetre PNGs, colourised depth with a colour bar, weight maps; each
-written atomically and, given the image it was predicted from, naming it in its PNG text."""
+"""Depth images: 16-bit millimetre PNGs, float32 .npy arrays, colourised depth and uncertainty
+with a colour bar, weight maps; each written atomically and, given the image it was predicted
+from, naming it in its PNG text (a .npy has no text: the depth PNG of its stem speaks for it)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ from PIL.PngImagePlugin import PngInfo
 from ensemble_mde.io import atomic_write_with, distinct_stems
 
 DEPTH_CMAP = "magma_r"  # near = bright, far = dark
-PREDICTION_SUFFIXES = ("_depth.png", "_depth_color.png", "_weights.png")  # the files of one image's prediction
+# the files of one image's prediction; the first is the depth PNG whose Source speaks for the .npy files
+PREDICTION_SUFFIXES = ("_depth.png", "_depth_color.png", "_weights.png", "_depth.npy", "_weights.npy",
+                       "_uncertainty.npy", "_uncertainty.png")
 SOURCE_KEY = "Source"  # PNG text: the absolute path of the image a file was predicted from
 
 
@@ -25,7 +28,10 @@ def source_text(image: str | Path | None) -> dict[str, str]:
 
 def made_from(path: Path) -> str | None:
     """The image a PNG was predicted from, as its Source text says; None for a file without
-    one (not written by predict, or not a PNG)."""
+    one (not written by predict, or not a PNG). A .npy output: its stem's depth PNG's."""
+    if path.suffix == ".npy":
+        stem = next((path.name[:-len(s)] for s in PREDICTION_SUFFIXES if path.name.endswith(s)), None)
+        return None if stem is None else made_from(path.with_name(stem + PREDICTION_SUFFIXES[0]))
     try:
         with Image.open(path) as png:
             return png.info.get(SOURCE_KEY)
@@ -77,18 +83,38 @@ def save_depth_png(depth: torch.Tensor | np.ndarray, path: Path, *, source: str 
     atomic_write_with(path, lambda f: Image.fromarray(mm).save(f, format="PNG", pnginfo=info))
 
 
+def save_npy(array: torch.Tensor | np.ndarray, path: Path) -> None:
+    """An array (metres, or weights) -> float32 .npy, written atomically."""
+    values = np.asarray(array, dtype=np.float32)
+    atomic_write_with(path, lambda f: np.save(f, values))
+
+
 def save_colorized_depth(depth, path: Path, *, max_depth: float = 10.0, title: str = "",
                          source: str | Path | None = None) -> None:
     """[H,W] metres -> PNG with a colour bar in metres spanning the map's valid range
     (near = bright; invalid pixels black); source: the image it was predicted from."""
-    plt = pyplot()
     d = np.asarray(depth, dtype=np.float32)
-    h, w = d.shape
-    fig, ax = plt.subplots(figsize=(max(3.0, w / 100 + 1.2), max(2.4, h / 100)), dpi=100)
-    shown = np.ma.masked_less_equal(d, 0)
     valid = d[(d > 0) & (d <= max_depth)]
     lo, hi = (float(valid.min()), float(valid.max())) if valid.size else (0.0, max_depth)
-    im = ax.imshow(shown, cmap=depth_colormap(), vmin=lo, vmax=max(hi, lo + 1e-3))  # the map's own range
+    _save_colorized(np.ma.masked_less_equal(d, 0), path, cmap=depth_colormap(), lo=lo, hi=hi, title=title,
+                    source=source)
+
+
+def save_colorized_uncertainty(sigma, path: Path, *, title: str = "", source: str | Path | None = None) -> None:
+    """[H,W] ensemble spread sigma (metres, `uncertainty.ensemble_sigma`) -> PNG with a colour
+    bar in metres from 0 to the map's largest value (bright = uncertain); source: the image."""
+    s = np.asarray(sigma, dtype=np.float32)
+    _save_colorized(s, path, cmap=pyplot().get_cmap("inferno"), lo=0.0, hi=float(s.max()) if s.size else 0.0,
+                    title=title, source=source)
+
+
+def _save_colorized(values: np.ndarray, path: Path, *, cmap, lo: float, hi: float, title: str,
+                    source: str | Path | None) -> None:
+    """[H,W] metres (masked pixels: the colour map's `bad`) -> PNG with a colour bar in metres."""
+    plt = pyplot()
+    h, w = values.shape
+    fig, ax = plt.subplots(figsize=(max(3.0, w / 100 + 1.2), max(2.4, h / 100)), dpi=100)
+    im = ax.imshow(values, cmap=cmap, vmin=lo, vmax=max(hi, lo + 1e-3))  # the map's own range
     ax.set_axis_off()
     if title:
         ax.set_title(title, fontsize=8)

@@ -35,6 +35,11 @@ class AveragingBaseline(nn.Module):
     needs_gt = False
     upper_bound = False
 
+    def spread_weights(self, k: int) -> torch.Tensor | None:
+        """[K] the weight of each of K bases in this baseline's uncertainty, the spread
+        sqrt(sum_k W_k (D_k - D)^2) around its depth D (ensemble_mde.uncertainty): 1/K."""
+        return torch.full((k,), 1.0 / k)
+
 
 class MeanEnsemble(AveragingBaseline):
     def forward(self, base_depths: torch.Tensor, gt: torch.Tensor | None = None) -> torch.Tensor:
@@ -63,6 +68,9 @@ class WeightedEnsemble(AveragingBaseline):
     def forward(self, base_depths: torch.Tensor, gt: torch.Tensor | None = None) -> torch.Tensor:
         return blend(self.weights.to(base_depths.dtype).view(1, -1, 1, 1), base_depths)
 
+    def spread_weights(self, k: int) -> torch.Tensor:
+        return self.weights
+
 
 class OracleEnsemble(AveragingBaseline):
     """Per pixel the base depth nearest the GT (the selection oracle: it looks at the answer)."""
@@ -73,6 +81,10 @@ class OracleEnsemble(AveragingBaseline):
     def __init__(self, min_depth: float = 1e-3, max_depth: float = 10.0):
         super().__init__()
         self.min_depth, self.max_depth = float(min_depth), float(max_depth)
+
+    def spread_weights(self, k: int) -> None:
+        """None: an oracle's depth is chosen by the GT, so no spread of the bases is its uncertainty."""
+        return None
 
     def forward(self, base_depths: torch.Tensor, gt: torch.Tensor | None = None) -> torch.Tensor:
         if gt is None:

@@ -55,3 +55,52 @@ def test_oracle_ordering_scores_zero_and_random_scores_worse_than_the_true_error
         assert scores["random"]["ause"] > scores["informative"]["ause"] > 0
         curve = scores["oracle"]["curve"]
         assert len(curve) == 51 and curve[-1] == 0.0 and all(a >= b for a, b in zip(curve, curve[1:]))
+
+
+def poggi_compute_aucs(gt, pred, uncert, metric, intervals=50):
+    """AUSE and AURG of one image as mono-uncertainty's evaluate.py `compute_aucs` computes
+    them (github.com/mattpoggi/mono-uncertainty, MIT licence), for one metric."""
+    def score(mask):
+        p, g = pred[mask], gt[mask]
+        return (np.abs(g - p) / g).mean() if metric == "abs_rel" else np.sqrt(((g - p) ** 2).mean())
+
+    true_uncert = -(np.abs(gt - pred) / gt if metric == "abs_rel" else (gt - pred) ** 2)
+    quants = [100. / intervals * t for t in range(0, intervals)]
+    plotx = [1. / intervals * t for t in range(0, intervals + 1)]
+    curve = [score(-uncert >= np.percentile(-uncert, q)) for q in quants] + [0]
+    opt = [score(true_uncert >= np.percentile(true_uncert, q)) for q in quants] + [0]
+    return np.trapezoid(curve, x=plotx) - np.trapezoid(opt, x=plotx), curve[0] - np.trapezoid(curve, x=plotx)
+
+
+@pytest.mark.parametrize("n", [7, 100, 3072])
+def test_ause_and_aurg_per_image_and_averaged_are_those_of_the_reference_code(n):
+    rng = np.random.default_rng(n)
+    images = []
+    for _ in range(3):
+        gt = rng.uniform(1.0, 9.0, size=n)
+        pred = gt + rng.normal(0.0, 0.1 + 0.05 * gt)
+        images.append((gt, pred, np.abs(pred - gt) * np.exp(rng.normal(0.0, 1.0, size=n))))
+    acc = SparsificationAccumulator()
+    for gt, pred, sigma in images:
+        acc.update(pred, gt, sigma, np.ones(n, dtype=bool))
+    scores = acc.compute()
+    assert scores["n_images"] == 3
+    for metric in ("rmse", "abs_rel"):
+        reference = np.mean([poggi_compute_aucs(gt, pred, sigma, metric) for gt, pred, sigma in images], axis=0)
+        assert [scores[metric]["ause"], scores[metric]["aurg"]] == pytest.approx(reference.tolist(), abs=1e-12)
+
+
+def test_the_spread_of_a_flip_tta_blend_counts_both_passes_at_half_weight():
+    from ensemble_mde.uncertainty import blend_spread
+
+    straight = {"base_depths": torch.tensor([[1.0, 2.0], [3.0, 3.0]]).view(1, 2, 1, 2),
+                "weights": torch.tensor([[1.0, 0.5], [0.0, 0.5]]).view(1, 2, 1, 2)}
+    # pixel 0: the blend is 1 with no spread; pixel 1: 2 and 3 at 1/2 each around 2.5 -> 0.5
+    assert blend_spread(straight).flatten().tolist() == pytest.approx([0.0, 0.5])
+    # the mirrored pass, not flipped back: its pixel 1 is the straight pass's pixel 0
+    mirrored = {"base_depths": torch.tensor([[5.0, 1.0], [5.0, 1.0]]).view(1, 2, 1, 2),
+                "weights": torch.tensor([[0.5, 1.0], [0.5, 0.0]]).view(1, 2, 1, 2)}
+    # pixel 0: maps 1, 3, 1, 1 at weights 1/2, 0, 1/2, 0 around 1 -> 0; pixel 1: 2, 3, 5, 5 at 1/4 each around 3.75
+    sigma = blend_spread(straight, mirrored).flatten()
+    assert sigma.tolist() == pytest.approx([0.0, math.sqrt((1.75 ** 2 + 0.75 ** 2 + 2 * 1.25 ** 2) / 4)])
+    assert blend_spread({"depth": torch.ones(1, 1, 1, 2), "base_depths": straight["base_depths"]}) is None

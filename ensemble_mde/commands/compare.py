@@ -13,8 +13,9 @@ def register(sub) -> None:
                        description="Evaluate each run once on the test split and print the accuracy table "
                                    "(bases, averaging baselines, stacking variants; runs differing only by seed "
                                    "as mean ± std; best bold, second underlined) and the compute table. "
-                                   "--bootstrap adds paired-bootstrap CIs against the simple average; --out "
-                                   "writes every table format, figures and report.md.")
+                                   "--bootstrap adds paired-bootstrap CIs against the simple average; "
+                                   "--uncertainty scores each ensemble's per-pixel uncertainty by sparsification "
+                                   "(AUSE); --out writes every table format, figures and report.md.")
     p.add_argument("runs", nargs="*", metavar="RUN",
                    help="run folders (default: every finished or imported run in --runs-dir)")
     p.add_argument("--runs-dir", default="runs", metavar="DIR", help="where to look for runs (default runs)")
@@ -31,6 +32,10 @@ def register(sub) -> None:
     p.add_argument("--table", choices=TABLES, help="print only this table (csv prints one table per stream: "
                                                   "accuracy unless this says compute)")
     p.add_argument("--silog", action="store_true", help="add the SILog column")
+    p.add_argument("--uncertainty", action="store_true",
+                   help="score each ensemble's uncertainty (the spread of its base depths under its weights) by "
+                        "sparsification: AUSE and AURG of RMSE and REL per variant, and with --out the curves "
+                        "beside the oracle's (sparsification.png)")
     p.add_argument("--out", metavar="DIR", help="write all table formats, per-image metrics, figures and report.md")
     p.add_argument("--figure-images", type=int_at_least(0, "--figure-images"), default=3, dest="figure_images",
                    help="test images in the qualitative grid (with --out; default 3)")
@@ -70,7 +75,7 @@ def cmd_compare(args) -> int:
                               bootstrap_seed=args.bootstrap_seed, device=args.device or "auto",
                               measure=not args.no_compute, repeats=args.repeats,
                               figure_images=args.figure_images if args.out else 0,
-                              progress=not args.no_progress,
+                              progress=not args.no_progress, uncertainty=args.uncertainty,
                               say=lambda text: notes.print(text, markup=False, highlight=False))
     if args.format == "csv" and args.table is None:
         notes.print("CSV holds one table: this is accuracy; --table compute prints the compute table "

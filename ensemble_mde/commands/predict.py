@@ -1,4 +1,5 @@
-"""`ensemble predict RUN IMAGE...`: depth maps (16-bit PNG in mm, colourised PNG) for images."""
+"""`ensemble predict RUN IMAGE...`: depth maps (16-bit PNG in mm, float32 .npy in metres, colourised
+PNG) for images; a stacked ensemble also its weights and uncertainty."""
 
 from __future__ import annotations
 
@@ -8,14 +9,18 @@ from ensemble_mde.commands.options import add_device_option
 
 
 def register(sub) -> None:
-    p = sub.add_parser("predict", help="depth maps for images: 16-bit PNG (mm) + colourised PNG",
+    p = sub.add_parser("predict", help="depth maps for images: 16-bit PNG (mm), float32 .npy (m), colourised PNG",
                        description="Predict depth for images of any size (turned upright as their EXIF "
                                    "orientation says, resized to the run's input size, the depth resized back). "
+                                   "Writes STEM_depth.png (16-bit, mm), STEM_depth.npy (float32, m) and "
+                                   "STEM_depth_color.png; a stacked ensemble with weights also STEM_weights.png, "
+                                   "STEM_weights.npy ([K,H,W]) and its uncertainty, the spread of the base depths "
+                                   "under its weights, as STEM_uncertainty.npy (m) and STEM_uncertainty.png. "
                                    "Outputs are named after each image's stem, with its extension and folders "
                                    "added where two images would share a name, or where --out holds a file of that "
                                    "name that is one of the images or was not made from that image (each PNG names "
-                                   "its image in its 'Source' text): an image's own earlier outputs are replaced, "
-                                   "no other file.")
+                                   "its image in its 'Source' text, and speaks for the .npy files of its stem): an "
+                                   "image's own earlier outputs are replaced, no other file.")
     p.add_argument("run", help="run folder or checkpoint")
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--out", default="predictions", metavar="DIR")
@@ -33,8 +38,9 @@ def cmd_predict(args) -> int:
     from ensemble_mde.runs import model_input_size
     from ensemble_mde.loading import load_any_run
     from ensemble_mde.metrics import flip_tta
-    from ensemble_mde.visualize import (PREDICTION_SUFFIXES, prediction_stems, save_colorized_depth, save_depth_png,
-                                        save_weight_maps)
+    from ensemble_mde.uncertainty import blend_spread
+    from ensemble_mde.visualize import (PREDICTION_SUFFIXES, prediction_stems, save_colorized_depth,
+                                        save_colorized_uncertainty, save_depth_png, save_npy, save_weight_maps)
 
     device = resolve_device(args.device or "auto")
     model, cfg = load_any_run(args.run, device=device, for_inference=True)
@@ -45,22 +51,41 @@ def cmd_predict(args) -> int:
         rgb = load_rgb(image, upright=True)  # [3,H,W] in [0,1]; grayscale/RGBA converted
         h, w = rgb.shape[-2:]
         in_size = size or (h, w)
+        passes = []  # the outputs of the straight pass (and of the mirrored image, with flip TTA)
+
+        def forward(t):
+            passes.append(model(t))
+            return passes[-1]["depth"]
+
+        def to_image(maps):  # [1,C,h,w] -> [C,H,W] at the image's size, bilinear as the depth
+            return torch.nn.functional.interpolate(maps.float(), size=(h, w), mode="bilinear",
+                                                   align_corners=False)[0].cpu()
+
         with torch.inference_mode():
             x = resize_rgb(rgb[None].to(device), in_size)
-            outputs = model(x)
-            depth = flip_tta(lambda t: model(t)["depth"], x) if args.flip_tta else outputs["depth"]
-            depth = torch.nn.functional.interpolate(depth.float(), size=(h, w), mode="bilinear",
-                                                    align_corners=False)[0, 0].cpu()
-        depth_png, color_png, weights_png = (out / f"{stem}{suffix}" for suffix in PREDICTION_SUFFIXES)
-        save_depth_png(depth, depth_png, source=image)
+            depth = flip_tta(forward, x) if args.flip_tta else forward(x)
+            outputs = passes[0]
+            sigma = blend_spread(outputs, passes[1] if args.flip_tta else None, depth)
+            depth = to_image(depth)[0]
+        depth_png, color_png, weights_png, depth_npy, weights_npy, sigma_npy, sigma_png = (
+            out / f"{stem}{suffix}" for suffix in PREDICTION_SUFFIXES)
+        save_depth_png(depth, depth_png, source=image)     # first: it names the image for the .npy files
+        save_npy(depth, depth_npy)
         save_colorized_depth(depth, color_png, max_depth=cfg["data"]["max_depth"],
                              title=f"{Path(image).name}: depth (m)", source=image)
-        written = [depth_png, color_png]
+        written = [depth_png, depth_npy, color_png]
         if "weights" in outputs:
             save_weight_maps(outputs["weights"][0].float().cpu(), getattr(model, "names", None), weights_png,
                              source=image)
-            written.append(weights_png)
-        note = ("; no weight map: the relaxed head predicts depth, not weights"
+            save_npy(to_image(outputs["weights"]), weights_npy)
+            written += [weights_png, weights_npy]
+        if sigma is not None:
+            sigma = to_image(sigma)[0]
+            save_npy(sigma, sigma_npy)
+            save_colorized_uncertainty(sigma, sigma_png, title=f"{Path(image).name}: ensemble spread (m)",
+                                       source=image)
+            written += [sigma_npy, sigma_png]
+        note = ("; no weight map or uncertainty: the relaxed head predicts depth, not weights"
                 if "base_depths" in outputs and "weights" not in outputs else "")
         print(f"{image}: depth {float(depth.min()):.2f}-{float(depth.max()):.2f} m "
               f"(median {float(depth.median()):.2f}) -> {', '.join(map(str, written))}{note}")

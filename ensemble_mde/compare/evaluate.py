@@ -1,6 +1,7 @@
 """The evaluation behind a comparison: every run once over the split (ensemble_mde.evaluation
 `predictions`), the bases' maps stored for the averaging baselines and the freeze-mode
-ensembles, then the baselines, the grouping by seed and the bootstrap."""
+ensembles, then the baselines, the grouping by seed and the bootstrap; with uncertainty, the
+sparsification of each ensemble's spread in the same pass (compare.uncertainty)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ensemble_mde.compare.tables import Comparison
+from ensemble_mde.compare.uncertainty import SpreadScores, baseline_spread, prediction_spread
 from ensemble_mde.compare.variants import (RunInfo, RunResult, config_identity, group_by_seed, has_training_data,
                                            read_run, validation_rmse)
 from ensemble_mde import runs as runs_mod
@@ -139,11 +141,12 @@ class EvaluationPass:
 
     figures: {"indices": [dataset indices], "names", "rgb": [[3,H,W]], "gt": [[H,W]],
     "pred": {run folder: [[H,W] at GT size]}, "weights": {run folder: [[K,H,W]]},
-    "weight_names": {run folder: [K names]}}."""
+    "weight_names": {run folder: [K names]}}. uncertainty: score each ensemble's spread
+    (`sparsification`: run folder -> SparsificationAccumulator.compute(), or None)."""
 
     def __init__(self, runs: list[RunInfo], dataset, *, device: torch.device, flip: bool, eigen_crop: bool,
                  min_depth: float, max_depth: float, figure_images: int, measure: bool, repeats: int,
-                 progress=None):
+                 progress=None, uncertainty: bool = False):
         self.runs, self.dataset, self.device = runs, dataset, device
         self.flip, self.eigen_crop = flip, eigen_crop
         self.min_depth, self.max_depth = min_depth, max_depth
@@ -159,6 +162,11 @@ class EvaluationPass:
                         "weight_names": {}}
         self.image_names: list[str] | None = None
         self.weight_stats: dict[str, dict] = {}   # run folder -> per-image weight statistics (weight_stats)
+        self.uncertainty = uncertainty
+        self.sparsification: dict[str, dict | None] = {}
+
+    def spread_scores(self) -> SpreadScores:
+        return SpreadScores(min_depth=self.min_depth, max_depth=self.max_depth, eigen_crop=self.eigen_crop)
 
     def cached_bases(self, run: RunInfo, input_size) -> list[str] | None:
         """Store keys of a freeze-mode ensemble's bases when all were evaluated at its input size."""
@@ -199,12 +207,16 @@ class EvaluationPass:
 
         acc = MetricAccumulator(min_depth=self.min_depth, max_depth=self.max_depth, eigen_crop=self.eigen_crop)
         names, stats = [], []
+        spread = self.spread_scores() if self.uncertainty else None
         for p in predictions(model, self.dataset, device=self.device, input_size=input_size, flip=self.flip,
                              cached_bases=stored_bases if cached is not None else None):
             acc.update(p.depth, p.gt, name=p.name)
+            sigma = prediction_spread(p) if spread is not None else None
+            if sigma is not None:
+                spread.add(p.depth, sigma, p.gt, name=p.name)
             names.append(p.name)
             if keep:
-                maps = [p.outputs["depth"]] + ([p.mirrored] if self.flip else [])
+                maps = [p.outputs["depth"]] + ([p.mirrored["depth"]] if self.flip else [])
                 self.store.put(key, p.index, torch.cat(maps).float().cpu())
             if "weights" in p.outputs:
                 stats.append(weight_stats(p.outputs["weights"]))
@@ -217,6 +229,8 @@ class EvaluationPass:
             self.weight_stats[str(run.path)] = {"pixel_std": np.array([st[0] for st in stats]),
                                                 "mean": np.stack([st[1] for st in stats]),
                                                 "names": list(getattr(model, "names", []))}
+        if spread is not None:
+            self.sparsification[str(run.path)] = spread.compute()
         cost = {"input_size": list(input_size) if input_size else list(self.dataset.gt_size()),
                 "params": params, "train_seconds": _train_seconds(run)}
         if self.measure:
@@ -247,24 +261,31 @@ class EvaluationPass:
         elif names != self.image_names:
             raise DataError("the test split came back in a different order between runs")
 
-    def baseline_metrics(self, combiners: dict, keys: list[str]) -> dict[str, tuple[dict, list]]:
-        """{name: (per-image metrics, figure maps)} of averaging baselines over the stored maps of
-        the bases `keys` (no model pass): each base's map is upsampled to the GT size, then combined."""
+    def baseline_metrics(self, combiners: dict, keys: list[str]) -> dict[str, tuple[dict, list, dict | None]]:
+        """{name: (per-image metrics, figure maps, sparsification of its spread or None)} of
+        averaging baselines over the stored maps of the bases `keys` (no model pass): each base's
+        map is upsampled to the GT size, then combined."""
         accs = {name: MetricAccumulator(min_depth=self.min_depth, max_depth=self.max_depth, eigen_crop=self.eigen_crop)
                 for name in combiners}
         figures = {name: [] for name in combiners}
+        spreads = {name: self.spread_scores() for name in combiners} if self.uncertainty else {}
         for i, image in enumerate(self.image_names):
             gt = self.dataset[i]["depth"]
             size = tuple(gt.shape[-2:])
             maps = torch.cat([upsample(self.store.tta(k, i)[None], size) for k in keys], dim=1)
             # the convex oracle clips the GT into what a blend made before upsampling and TTA can reach
             hull = convex_hull([self.store.views(k, i) for k in keys], size) if "convex" in combiners else None
+            views = [upsample(self.store.views(k, i)[None], size)[0] for k in keys] if spreads else None
             for name, combine in combiners.items():
                 depth = combine(hull if name == "convex" else maps, gt[None])
                 accs[name].update(depth[0], gt, name=image)
+                sigma = baseline_spread(combine, views, depth) if spreads else None
+                if sigma is not None:
+                    spreads[name].add(depth[0], sigma[0], gt, name=image)
                 if i in self.figure_indices:
                     figures[name].append(depth[0, 0].clamp(self.min_depth, self.max_depth))
-        return {name: (per_image_arrays(accs[name]), figures[name]) for name in combiners}
+        return {name: (per_image_arrays(accs[name]), figures[name], spreads[name].compute() if spreads else None)
+                for name in combiners}
 
 
 def upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -359,11 +380,12 @@ def _load_infos(paths: list[str | Path]) -> list[RunInfo]:
 def compare_runs(paths: list[str | Path], *, data: str | None = None, split: str = "test", flip: bool = False,
                  baselines=BASELINE_NAMES, bootstrap: int = 0, bootstrap_seed: int = 0, device="auto",
                  measure: bool = True, repeats: int = 10, figure_images: int = 3, progress: bool = False,
-                 say=None) -> Comparison:
+                 uncertainty: bool = False, say=None) -> Comparison:
     """Evaluate the runs in `paths` (+ the bases their meta runs reference) once on `split` of
     `data` (default: the data they were trained on; all must agree) and build the comparison:
     per-image metrics, baselines over the bases, grouping by seed, costs (measure=True:
-    GMACs and latency on `device`), the paired bootstrap (bootstrap = resamples, 0 = none)."""
+    GMACs and latency on `device`), the paired bootstrap (bootstrap = resamples, 0 = none),
+    with uncertainty the sparsification of every ensemble's spread (compare.uncertainty)."""
     from ensemble_mde.data import build_dataset, eigen_crop_default
     from ensemble_mde.device import resolve_device
     from ensemble_mde.progress import task_progress
@@ -412,7 +434,7 @@ def compare_runs(paths: list[str | Path], *, data: str | None = None, split: str
 
     passes = EvaluationPass(base_runs + meta_runs, dataset, device=device, flip=flip, eigen_crop=eigen,
                             min_depth=min_depth, max_depth=max_depth, figure_images=figure_images,
-                            measure=measure, repeats=repeats)
+                            measure=measure, repeats=repeats, uncertainty=uncertainty)
     results: list[RunResult] = []
     base_order = {r.checkpoint: i for i, r in enumerate(r for s in sets for r in s)}
     try:
@@ -448,7 +470,8 @@ def compare_runs(paths: list[str | Path], *, data: str | None = None, split: str
                     order = (base_order.get(run.checkpoint, len(base_order)),)
                 results.append(RunResult(_variant_name(run), run.kind, str(run.path), run.seed, identity(run),
                                          per_image, order=order, cost=cost, reference_group=reference,
-                                         weights=passes.weight_stats.pop(str(run.path), None)))
+                                         weights=passes.weight_stats.pop(str(run.path), None),
+                                         sparsification=passes.sparsification.pop(str(run.path), None)))
             bar.update(task, description="baselines")
             figures_baseline = _baselines(passes, sets, results, baselines, identity, say)
             own_sets = {}   # a base is compared with the average of the first set of bases it is in
@@ -467,7 +490,8 @@ def compare_runs(paths: list[str | Path], *, data: str | None = None, split: str
     info = {"data": eval_cfg["data"]["path"], "split": split,
             "data_name": f"synthetic {data_name}" if dataset.is_synthetic else data_name,
             "n_images": len(dataset), "eigen_crop": eigen, "flip": flip, "device": str(device),
-            "device_name": device_name(device), "max_depth": max_depth, "min_depth": min_depth}
+            "device_name": device_name(device), "max_depth": max_depth, "min_depth": min_depth,
+            "uncertainty": uncertainty}
     by_group = {v.results[0].group: v.name for v in variants}
     references = {v.name: by_group[v.results[0].reference_group] for v in variants
                   if v.results[0].reference_group in by_group}
@@ -505,7 +529,7 @@ def _baselines(passes: EvaluationPass, sets, results: list[RunResult], names, id
         scored = passes.baseline_metrics(combiners, [passes.store_keys[r.checkpoint] for r in s])
         cost = _sum_costs([m.cost for m in members])
         learners = _set_label(s, [m.name for m in members])
-        for kind, (per_image, maps) in scored.items():
+        for kind, (per_image, maps, sparsification) in scored.items():
             if kind == "mean" and not figure:
                 figure = maps
             results.append(RunResult(BASELINE_LABELS[kind] + (f" ({learners})" if several else ""), "baseline",
@@ -513,7 +537,8 @@ def _baselines(passes: EvaluationPass, sets, results: list[RunResult], names, id
                                      baseline_group(kind, s, identity), per_image,
                                      upper_bound=baselines.BASELINES[kind].upper_bound,
                                      order=(sets.index(s), BASELINE_NAMES.index(kind)), cost=dict(cost),
-                                     reference_group=None if kind == "mean" else baseline_group("mean", s, identity)))
+                                     reference_group=None if kind == "mean" else baseline_group("mean", s, identity),
+                                     sparsification=sparsification))
     return figure
 
 

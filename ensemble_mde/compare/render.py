@@ -8,6 +8,7 @@ import json
 
 from ensemble_mde.compare.tables import (Table, accuracy_table, cell_text, compute_table, latex_escape, row_label,
                                          significance_table, weights_table)
+from ensemble_mde.compare.uncertainty import uncertainty_table
 from ensemble_mde.errors import ConfigError
 
 
@@ -149,24 +150,25 @@ def print_tables(comparison, fmt: str, *, silog: bool = False, console=None, onl
 
     console = console or output_console()
     accuracy, compute = accuracy_table(comparison, silog=silog), compute_table(comparison)
-    weights = weights_table(comparison)
+    weights, spread = weights_table(comparison), uncertainty_table(comparison)
+    extra = [("accuracy", table) for table in (weights, spread) if table is not None]
     if fmt == "csv":
         print(render(compute if only == "compute" else accuracy, fmt), end="")
         return
     if fmt == "json":
         print(json.dumps({"accuracy": table_dict(accuracy), "compute": table_dict(compute),
                           "weights": table_dict(weights) if weights else None,
+                          "uncertainty": table_dict(spread) if spread else None,
                           "bootstrap": comparison.bootstrap, "info": comparison.info}))
     elif fmt == "table":  # the bootstrap as a table of its own: the terminal is narrower than a page
         width = None if console.is_terminal else 160
         tables = [("accuracy", accuracy_table(comparison, silog=silog, delta_metric=None))]
         if comparison.bootstrap:
             tables.append(("accuracy", significance_table(comparison)))
-        for kind, table in tables + [("compute", compute)] + ([("accuracy", weights)] if weights else []):
+        for kind, table in tables + [("compute", compute)] + extra:
             if only in (None, kind):
                 console.print(rich_table(table), width=width)
     else:
-        for kind, table in [("accuracy", accuracy), ("compute", compute)] + ([("accuracy", weights)] if weights
-                                                                             else []):
+        for kind, table in [("accuracy", accuracy), ("compute", compute)] + extra:
             if only in (None, kind):
                 print(render(table, fmt))

@@ -1,5 +1,6 @@
 """Figures and report.md for a comparison (ensemble_mde.compare): a qualitative grid, the
-meta-learners' weight maps, training curves, and links to the plots found in run folders.
+meta-learners' weight maps, sparsification curves of the ensembles' uncertainty, training
+curves, and links to the plots found in run folders.
 
     comparison = compare_runs(paths, bootstrap=1000)
     write_report(comparison, "report/")    # tables, figures, report.md
@@ -20,6 +21,8 @@ import numpy as np
 from ensemble_mde.compare.render import FORMAT_SUFFIX, render
 from ensemble_mde.compare.tables import (Comparison, accuracy_table, compute_table, significance_table,
                                          weights_table)
+from ensemble_mde.compare.uncertainty import METRIC_LABELS, uncertainty_table, variant_sparsification
+from ensemble_mde.uncertainty import CURVE_METRICS
 from ensemble_mde.metrics import METRIC_KEYS, crop_label
 from ensemble_mde.io import atomic_write_text, atomic_write_with
 from ensemble_mde.runs import RunFolder
@@ -129,6 +132,32 @@ def save_weight_grid(comparison: Comparison, path: str | Path) -> Path | None:
     return save_figure(fig, path)
 
 
+def save_sparsification_curves(comparison: Comparison, path: str | Path) -> Path | None:
+    """One panel per metric (RMSE, REL): for each variant with an uncertainty its sparsification
+    curve (solid; the metric over the pixels left after removing the most uncertain fraction,
+    mean over images and seeds) beside its oracle's (dashed, same colour: the pixels removed by
+    their true error). The gap between the two is its AUSE."""
+    curves = [(v.name, scores) for v in comparison.variants if (scores := variant_sparsification(v))]
+    if not curves:
+        return None
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(CURVE_METRICS), figsize=(5.5 * len(CURVE_METRICS), 4.2), squeeze=False)
+    colours = plt.get_cmap("tab10")
+    for ax, metric in zip(axes[0], CURVE_METRICS):
+        for i, (name, scores) in enumerate(curves):
+            curve, oracle = scores[metric]["curve"], scores[metric]["oracle"]
+            removed = np.linspace(0.0, 1.0, len(curve))
+            ax.plot(removed, curve, color=colours(i % 10), lw=1.5,
+                    label=f"{name} (AUSE {scores[metric]['ause']:.3f})")
+            ax.plot(removed, oracle, color=colours(i % 10), lw=1, ls="--")
+        unit = " (m)" if metric == "rmse" else ""
+        ax.set(xlabel="fraction of pixels removed (most uncertain first)", ylabel=f"{METRIC_LABELS[metric]}{unit}",
+               title=f"sparsification: {METRIC_LABELS[metric]} (dashed: oracle)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
+    return save_figure(fig, path)
+
+
 def read_metrics_log(run_dir: str | Path) -> tuple[list[dict], list[dict]]:
     """(train records, val records) of a run's metrics.jsonl (empty lists if absent; damaged
     lines are left out: `compare` warns about them)."""
@@ -185,6 +214,7 @@ def write_report(comparison: Comparison, out: str | Path, *, silog: bool = False
             run_dirs.append(info.path)
     grid = save_qualitative_grid(comparison, out / "qualitative.png")
     weights = save_weight_grid(comparison, out / "weight_maps.png")
+    sparsification = save_sparsification_curves(comparison, out / "sparsification.png")
     curves = save_training_curves(run_dirs, out / "training_curves.png")
     info = comparison.info
     lines = [f"# {title}", "",
@@ -200,6 +230,14 @@ def write_report(comparison: Comparison, out: str | Path, *, silog: bool = False
     per_pixel = weights_table(comparison)
     if per_pixel is not None:
         lines += ["## Per-pixel weights", "", render(per_pixel, "md")]
+    spread = uncertainty_table(comparison)
+    if spread is not None:
+        lines += ["## Uncertainty", "", render(spread, "md")]
+        if sparsification:
+            lines += ["Sparsification curves: the metric over the pixels left after removing the most uncertain "
+                      "fraction (solid) beside the oracle's, which removes pixels by their true error (dashed); "
+                      "the area between them is the AUSE. Curves and values per variant: "
+                      "[sparsification.json](sparsification.json).", "", "![sparsification](sparsification.png)", ""]
     if grid or weights:
         lines += ["## Qualitative results", ""]
         if grid:
@@ -234,15 +272,16 @@ def write_report(comparison: Comparison, out: str | Path, *, silog: bool = False
 
 
 def write_tables(comparison: Comparison, out: str | Path, *, silog: bool = False) -> list[Path]:
-    """accuracy.*, compute.* and (softmax ensembles) weights.* in every format (txt, md, csv,
-    tex, json), per_image.csv and bootstrap.json (with a bootstrap); written atomically.
-    Returns the paths."""
+    """accuracy.*, compute.*, (softmax ensembles) weights.* and (--uncertainty) uncertainty.*
+    in every format (txt, md, csv, tex, json), per_image.csv, bootstrap.json (with a bootstrap)
+    and sparsification.json (with uncertainty: each variant's curves, or null); written
+    atomically. Returns the paths."""
     from ensemble_mde.io import atomic_write_json, atomic_write_text
 
     out = Path(out)
     written = []
     tables = [("accuracy", accuracy_table(comparison, silog=silog)), ("compute", compute_table(comparison)),
-              ("weights", weights_table(comparison))]
+              ("weights", weights_table(comparison)), ("uncertainty", uncertainty_table(comparison))]
     for stem, table in [(stem, table) for stem, table in tables if table is not None]:
         for fmt, suffix in FORMAT_SUFFIX.items():
             path = out / f"{stem}.{suffix}"
@@ -260,4 +299,8 @@ def write_tables(comparison: Comparison, out: str | Path, *, silog: bool = False
     if comparison.bootstrap:
         atomic_write_json({**comparison.bootstrap_settings, "variants": comparison.bootstrap}, out / "bootstrap.json")
         written.append(out / "bootstrap.json")
+    if comparison.info.get("uncertainty"):
+        atomic_write_json({v.name: variant_sparsification(v) for v in comparison.variants},
+                          out / "sparsification.json")
+        written.append(out / "sparsification.json")
     return written

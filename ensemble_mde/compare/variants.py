@@ -118,6 +118,7 @@ class RunResult:
     cost: dict = field(default_factory=dict)   # params, gmacs, latency_ms, fps, input_size, train_seconds*
     reference_group: str | None = None         # group of the baseline it is compared with (its own bases' mean)
     weights: dict | None = None                # softmax ensembles: {"pixel_std": [N], "mean": [N,K], "names": [K]}
+    sparsification: dict | None = None         # its uncertainty's (uncertainty.SparsificationAccumulator.compute())
 
 
 @dataclass

@@ -44,6 +44,7 @@ def set_spec(args):
 
 def cmd_train_base(args) -> int:
     from ensemble_mde import runs
+    from ensemble_mde.data.protocol import protocol_layer
     from ensemble_mde.training.base import base_config, train_base
     from ensemble_mde.progress import output_console
 
@@ -61,6 +62,10 @@ def cmd_train_base(args) -> int:
         return 0
     cfg = base_config(args.name, config_file=args.config, overrides=args.overrides, preset=args.preset,
                       settings=settings)
+    layer = protocol_layer(cfg["data"])
+    if layer:
+        console.print(f"the data's protocol layer ({layer}) applies: depth up to {cfg['data']['max_depth']:g} m; "
+                      "--preset, --config and --set win over it")
     if args.resume:
         note_ignored_on_resume(runs.run_dir_for(cfg, cfg["model"]["name"]), args, settings, console.print)
     run_dir, summary = train_base(cfg, resume=args.resume, force=args.force, progress=not args.no_progress)

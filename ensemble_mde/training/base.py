@@ -17,13 +17,15 @@ from ensemble_mde.training.start import start_run
 
 
 def base_config(name: str, *, config_file=None, overrides=(), preset=None, settings=()) -> dict:
-    """Resolved config of base learner `name`: defaults < base/<name> < preset < file <
+    """Resolved config of base learner `name`: defaults < base/<name> < the protocol layer of
+    its dataset's format (data/kitti for KITTI; data.protocol) < preset < file <
     overrides < settings (config.load_config)."""
     import base_learners
+    from ensemble_mde.data.protocol import load_config_for_data
 
     if name not in base_learners.available():
         base_learners.create(name)  # raises the ModelError that names the closest learner
-    cfg = config_mod.load_config(["defaults", f"base/{name}"], config_file, overrides, preset, settings)
+    cfg = load_config_for_data(["defaults", f"base/{name}"], config_file, overrides, preset, settings)
     return config_mod.absolute_paths(cfg)
 
 

@@ -388,6 +388,7 @@ def load_config(
     overrides: Sequence[str] = (),
     preset: str | None = None,
     settings: Sequence[Setting] = (),
+    unused_sections: Sequence[str] = (),
 ) -> dict:
     """Resolve a run config.
 
@@ -395,6 +396,8 @@ def load_config(
     schema. preset: a name under a layer's `presets:` mapping (e.g. "cpu"), applied after
     the packaged layers. Then the user's file, then each `a.b=value` override, then each
     typed setting. A setting and an override of the same key is an error (neither wins).
+    unused_sections: top-level sections of the user's file that the caller builds nothing
+    from (`data check` reads a learner's file but builds no model): dropped, not refused.
     """
     cfg: dict = {}
     presets: dict = {}
@@ -412,7 +415,8 @@ def load_config(
         layers.append((f"preset {preset}", presets[preset]))
     if config_file is not None:
         user = read_yaml(config_file)
-        user.pop(PRESETS_KEY, None)
+        for section in (PRESETS_KEY, *unused_sections):
+            user.pop(section, None)
         layers.append((str(config_file), user))
     parsed = [(f"--set {text}", parse_override(text)) for text in overrides]
     overridden = {key: source for source, tree in parsed for key in _flat_keys(tree)}

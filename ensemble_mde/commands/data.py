@@ -57,11 +57,13 @@ def _config_options(p) -> None:
 
 
 def _config(args) -> dict:
-    from ensemble_mde.config import load_config
+    """The data and augment sections as training would resolve them for PATH (its format's
+    protocol layer included); the model section of a learner's --config is not used here."""
+    from ensemble_mde.config import Setting
+    from ensemble_mde.data.protocol import load_config_for_data
 
-    cfg = load_config(["defaults"], args.config, args.overrides)
-    cfg["data"]["path"] = args.path
-    return cfg
+    return load_config_for_data(["defaults"], args.config, args.overrides,
+                                settings=[Setting("data.path", args.path, "PATH")], unused_sections=("model",))
 
 
 def cmd_check(args) -> int:

@@ -252,13 +252,41 @@ def test_nyu_weights_still_import_as_nyu(tmp_path):
     assert "nyu, kitti" in proc.stderr and not (tmp_path / "other").exists()
 
 
-def test_the_kitti_experiment_file_loads_and_its_bases_take_the_kitti_layer():
-    from ensemble_mde.experiment import load_experiment
+def test_kitti_data_takes_the_kitti_protocol_unless_the_user_sets_otherwise(kitti_root, synth_root):
     from ensemble_mde.training.base import base_config
 
-    exp = load_experiment("configs/experiments/kitti_sg.yaml")
-    assert {b["name"] for b in exp["bases"]} == {"adabins", "bts", "ldrn"}
-    for base in exp["bases"]:
-        cfg = base_config(base["name"], config_file=base["config"])
-        assert cfg["data"]["format"] == "kitti" and cfg["data"]["max_depth"] == 80.0
+    root, _ = kitti_root
+    on_kitti = [config_mod.Setting("data.path", str(root), "--data")]
+    cfg = base_config("bts", settings=on_kitti)  # no --config: the data says KITTI
+    assert cfg["data"]["max_depth"] == cfg["model"]["max_depth"] == 80.0
+    assert cfg["augment"]["crop_size"] == [352, 704] and cfg["augment"]["rotate_deg"] == 1.0
+    assert cfg["augment"]["brightness"] == [0.9, 1.1]
+    assert eigen_crop_default(cfg["data"], build_dataset(cfg, "test", augment=False)) == "kitti_garg"
+    cfg = base_config("bts", overrides=["data.max_depth=50", "augment.rotate_deg=0.5"], settings=on_kitti)
+    assert cfg["data"]["max_depth"] == 50.0 and cfg["augment"]["rotate_deg"] == 0.5  # --set wins over the layer
+    assert cfg["model"]["max_depth"] == 80.0
+    nyu = base_config("bts", settings=[config_mod.Setting("data.path", str(synth_root), "--data")])
+    assert nyu["data"]["max_depth"] == nyu["model"]["max_depth"] == 10.0 and nyu["augment"]["rotate_deg"] == 2.5
+
+
+def test_data_check_takes_the_kitti_layer_file_a_learner_trains_with(kitti_root):
+    root, _ = kitti_root
+    layer = config_mod.packaged_config_path("data/kitti")  # it has a model section data check does not use
+    proc = run_cli("data", "check", root, "--config", layer, "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["format"] == "kitti"
+
+
+def test_the_kitti_experiment_file_trains_its_bases_under_the_kitti_layer(kitti_root, tmp_path):
+    from ensemble_mde.experiment import load_experiment, plan
+
+    root, _ = kitti_root
+    raw = config_mod.read_yaml(config_mod.packaged_config_path("experiments/kitti_sg"))
+    raw["data"]["path"] = str(root)  # its PLACEHOLDER path, set to the test-written KITTI
+    exp = load_experiment(raw, out=tmp_path / "kitti_sg")
+    steps = [s for s in plan(exp, say=lambda *a: None) if s.kind == "base"]
+    assert sorted(s.label for s in steps) == ["train adabins", "train bts", "train ldrn"]
+    for step in steps:
+        cfg = step.inputs()["config"]
+        assert cfg["data"]["format"] == "kitti" and cfg["data"]["max_depth"] == cfg["model"]["max_depth"] == 80.0
         assert cfg["augment"]["crop_size"] == [352, 704]

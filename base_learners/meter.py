@@ -60,15 +60,18 @@ PATCH = 2
 # scaling its weight scales the output); `input_size` [H, W] they were trained and evaluated
 # at; `model` the constructor arguments they need; `layer` the packaged config layer of their
 # data's protocol (configs/data/kitti.yaml: 80 m, Garg crop), None for NYU (the defaults).
-# KITTI: 192x636 is the paper's KITTI input, a 375x1242 frame at height 192; the official
-# repository has no data loader or `globals.py` (RGB_img_res) to confirm it, but its decoder
-# pads a skip connection by one column when the width is no multiple of 32 (636: 159 columns
-# at 1/4), which its NYU width 256 never needs. Decimetres, not the NYU
-# release's centimetres: nothing in the repository states the unit, but its augmentation
-# shifts depth by +-10 "cm/dm" (augmentation.py) and its loss takes SSIM over a range of 1000
-# for both sets (loss.py: 10 m in cm, 80 m in dm), and on the real NYU frame of
-# ../shared/data the KITTI weights read a median of 114 (192x256) to 138 (192x636): 11-14 m
-# as decimetres, 1.1-1.4 m as centimetres, nearer than KITTI's LiDAR GT almost ever is.
+# KITTI input 192x636 (H x W): the KITTI resolution of the METER paper (Papa, Russo, Amerini,
+# IEEE TCSVT 2023, arXiv:2403.08368, experimental setup), as public reimplementations of METER
+# that quote it also have it (636x192). The official repository (lorenzopapa5/METER) has no data
+# loader or `globals.py` (RGB_img_res) to state it, but two facts of it fit: 636 is KITTI's
+# 375x1242 frame at METER's height 192 (1242 * 192 / 375 = 635.9), and its decoder pads a skip
+# connection by one column, in width only, when the widths differ: 636 gives 159 columns at 1/4
+# against 160 upsampled, which neither NYU's 256 nor any height of 192 ever needs.
+# Decimetres, not the NYU release's centimetres, decided on the official code: its augmentation
+# shifts depth by +-10 "cm/dm" (augmentation.py) and its loss takes SSIM over one range of 1000
+# for both datasets (loss.py: 10 m in cm, 80 m in dm). As a check only (not KITTI frames): on the
+# real NYU frame of ../shared/data the KITTI weights read a median of 114 (192x256) to 138
+# (192x636), 11-14 m as decimetres, 1.1-1.4 m as centimetres.
 OFFICIAL_RELEASES = {
     "nyu": {"to_metres": {"decoder.conv2d_out.weight": 0.01}, "input_size": [192, 256],
             "model": {"imagenet_norm": True}, "layer": None},

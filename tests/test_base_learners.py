@@ -12,6 +12,7 @@ import base_learners
 from base_learners.bts import planar_guidance_depth, plane_from_params
 from base_learners.encoders import TimmEncoder
 from conftest import run_cli, stage_report
+from ensemble_mde.config import packaged_config_path
 from ensemble_mde.errors import CheckpointError, ModelError
 from ensemble_mde.profiling import count_params
 
@@ -348,7 +349,7 @@ def test_nyu_defaults_are_the_studys_recipe_and_the_cpu_preset_downloads_nothing
         assert (augment["color"], augment["gamma"], augment["brightness"], augment["channel"]) == (
             0.5, [0.9, 1.1], [0.75, 1.25], [0.9, 1.1])
         assert base_config(name, preset="cpu")["model"]["pretrained"] is False
-    study = load_experiment("configs/experiments/nyu_sg.yaml")
+    study = load_experiment(packaged_config_path("experiments/nyu_sg"))
     assert study["compare"]["flip_tta"] is True
     assert study["data"]["path"].endswith("nyudepthv2_train_files_with_gt.txt")
     assert study["bases"][0]["overrides"]["data.test_root"].endswith("official_splits/test")

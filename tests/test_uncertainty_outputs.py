@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from ensemble_mde import runs
-from ensemble_mde.config import load_config
+from ensemble_mde.config import load_config, packaged_config_path
 from ensemble_mde.io import atomic_save
 from ensemble_mde.loading import build_ensemble, build_learner
 from test_hostile_input import cli, write_run
@@ -198,7 +198,7 @@ def test_the_experiment_file_turns_uncertainty_on_and_the_demo_does(tmp_path):
     from ensemble_mde.errors import ConfigError
     from ensemble_mde.experiment import load_experiment
 
-    assert load_experiment("configs/experiments/demo.yaml", out=tmp_path)["compare"]["uncertainty"] is True
+    assert load_experiment(packaged_config_path("experiments/demo"), out=tmp_path)["compare"]["uncertainty"] is True
     experiment = {"data": {"synth": {"train": 4}}, "bases": [{"name": "meter_xxs"}], "compare": {"uncertainty": "yes"}}
     with pytest.raises(ConfigError, match="compare.uncertainty"):
         load_experiment(experiment, out=tmp_path)

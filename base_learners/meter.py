@@ -21,8 +21,9 @@ Input: rgb [B,3,H,W] in [0,1]; ImageNet normalisation happens inside unless
 official split, Eigen crop, 192x256 input) the official METER-XXS code scores RMSE 0.564 /
 REL 0.176 / d1 0.730 with RGB/255 normalised by the ImageNet mean/std (the paper's full
 test set: 0.580 / 0.174 / 0.744) and 1.068 / 0.203 / 0.647 on plain [0,1] input, so they
-are imported with `imagenet_norm: true`. H and W are replicate-padded to a multiple of 64
-(five stride-2 stages, then 2x2 patches at 1/32).
+are imported with `imagenet_norm: true`. H is replicate-padded to a multiple of 64 (five
+stride-2 stages, then 2x2 patches at 1/32), W too unless the official network runs it
+unpadded (`input_padding`), as it does KITTI's 636.
 
 Cost at 192x256 (`ensemble profile meter_xxs --size 192x256`): parameters exactly as
 published (713,464 / 1,449,760 / 3,295,168). torch.utils.flop_counter gives 0.223 / 0.629 /
@@ -39,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from base_learners.common import DepthLearner, pad_to_multiple
+from base_learners.common import DepthLearner
 from base_learners.registry import register
 from ensemble_mde.losses import balanced_loss
 
@@ -228,8 +229,25 @@ class Encoder(nn.Module):
         return self.conv2(x), [s2, s4, s8, s16]
 
 
+def input_padding(height: int, width: int) -> tuple[int, int]:
+    """Rows and columns (bottom, right) of replicate padding before the encoder.
+
+    The official network runs any width whose 1/8 map is a multiple of 8 columns (636 -> 80):
+    its 1/8, 1/16 and 1/32 maps are then even for the 2x2 patches and exactly twice one
+    another, and only the 1/4 skip may be a column or two short (159 at 636), which its
+    decoder zero-pads (UpBlock). Padding such a width instead (636 -> 640 replicated) moves
+    the official KITTI weights' depth by up to 2.5 m. Other widths, and every height, which
+    the official code does not handle, are padded to a multiple of 64.
+    """
+    pad_rows = (-height) % INPUT_MULTIPLE
+    runs_unpadded = -(-width // 8) % 8 == 0
+    return pad_rows, 0 if runs_unpadded else (-width) % INPUT_MULTIPLE
+
+
 class UpBlock(nn.Module):
-    """ConvTranspose3x3 stride 2 (exact 2x) -> concat skip -> sep conv -> ReLU."""
+    """ConvTranspose3x3 stride 2 (exact 2x) -> concat skip -> sep conv -> ReLU. A skip
+    narrower than the upsampled map gets zero columns, the first on the left, as the
+    official UpSample_layer pads it."""
 
     def __init__(self, cin: int, cout: int, skip: int):
         super().__init__()
@@ -237,7 +255,11 @@ class UpBlock(nn.Module):
         self.end_up_layer = nn.Sequential(SeparableConv(cout + skip, cout), nn.ReLU())
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        return self.end_up_layer(torch.cat([self.conv2d_transpose(x), skip], dim=1))
+        x = self.conv2d_transpose(x)
+        missing = x.shape[-1] - skip.shape[-1]
+        if missing:
+            skip = F.pad(skip, (missing - missing // 2, missing // 2))
+        return self.end_up_layer(torch.cat([x, skip], dim=1))
 
 
 class Decoder(nn.Module):
@@ -261,12 +283,14 @@ class Decoder(nn.Module):
 class METER(DepthLearner):
     """METER depth network. forward(rgb [B,3,H,W] in [0,1]) -> {"depth": [B,1,H,W] metres}.
 
-    The network predicts at 1/4 of the (padded) input; the map is upsampled bilinearly to
-    the input resolution. No output activation (as in the official model): the depth is
+    The network predicts at 1/4 of the (padded) input; the map is upsampled bilinearly 4x
+    and cropped to the input resolution. No output activation (as in the official model): the depth is
     clipped to [min_depth, max_depth] (DepthLearner.clamp_depth).
     """
 
-    input_multiple = INPUT_MULTIPLE  # inputs are padded to this multiple (selectivity crops the padding out)
+    # Maps cover the input padded to this multiple (selectivity crops the padding out): with
+    # an unpadded width (input_padding) the 1/4 map is still 1/4 of the next multiple of 64.
+    input_multiple = INPUT_MULTIPLE
 
     def __init__(self, variant: str = "xxs", min_depth: float = 1e-3, max_depth: float = 10.0, dropout: float = 0.0,
                  imagenet_norm: bool = True):
@@ -280,10 +304,13 @@ class METER(DepthLearner):
         self.decoder = Decoder(channels, widths)
 
     def forward(self, rgb: torch.Tensor) -> dict[str, torch.Tensor]:
-        x, (h, w) = pad_to_multiple(self.normalize(rgb) if self.imagenet_norm else rgb, INPUT_MULTIPLE)
-        features, skips = self.encoder(x)
-        native = self.decoder(features, skips)
-        depth = F.interpolate(native, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        x = self.normalize(rgb) if self.imagenet_norm else rgb
+        h, w = x.shape[-2:]
+        pad_rows, pad_cols = input_padding(h, w)
+        if pad_rows or pad_cols:
+            x = F.pad(x, (0, pad_cols, 0, pad_rows), mode="replicate")
+        native = self.decoder(*self.encoder(x))
+        depth = F.interpolate(native, scale_factor=4, mode="bilinear", align_corners=False)
         return {"depth": self.clamp_depth(depth[..., :h, :w])}
 
     def loss(self, outputs: dict[str, torch.Tensor], batch: dict) -> dict[str, torch.Tensor]:

@@ -240,6 +240,35 @@ def test_meter_kitti_weights_import_and_evaluate_on_kitti_data(kitti_root, tmp_p
     assert proc.returncode == 0 and "Garg crop" in proc.stdout
 
 
+# The official METER-XXS KITTI network (lorenzopapa5/METER architecture.py, run on CPU at
+# globals.RGB_img_res = (3, 192, 636)) on the formula image of `formula_rgb`, in decimetres,
+# its 48x160 map upsampled 4x bilinearly and cut to 636 columns: rows 0, 96, 191 at columns
+# 0, 1, 318, 634, 635. Run unpadded it zero-pads the 159-column 1/4 skip on the left; padding
+# the input to 640 instead (our forward until 2026-12-04) is off by up to 1.1 m at these pixels.
+OFFICIAL_KITTI_DM = {0: [251.332, 251.332, 160.144, 205.457, 195.635],
+                     96: [359.187, 359.187, 194.8, 200.095, 200.009],
+                     191: [136.37, 136.37, 189.391, 111.536, 104.099]}
+OFFICIAL_KITTI_COLS = [0, 1, 318, 634, 635]
+
+
+def formula_rgb(height: int, width: int) -> torch.Tensor:
+    """A smooth [1,3,H,W] image in [0,1] that any implementation can rebuild exactly."""
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, height), torch.linspace(0, 1, width), indexing="ij")
+    return torch.stack([0.5 + 0.4 * torch.sin(6.0 * xx + 3.0 * yy), 0.3 + 0.6 * yy, 0.6 - 0.4 * xx * yy])[None]
+
+
+@pytest.mark.skipif(not OFFICIAL_KITTI_XXS.is_file(), reason="official METER KITTI weights not present")
+def test_meter_kitti_weights_give_the_official_networks_depth_at_192x636(tmp_path):
+    run = tmp_path / "meter_kitti"
+    run_cli("import-weights", "meter_xxs", OFFICIAL_KITTI_XXS, "--out", run, check=True)
+    model, _, _ = load_run(run)
+    with torch.no_grad():
+        depth = model(formula_rgb(192, 636))["depth"][0, 0]
+    for row, official_dm in OFFICIAL_KITTI_DM.items():
+        ours = depth[row, OFFICIAL_KITTI_COLS]
+        assert torch.allclose(ours, torch.tensor(official_dm) / 10, atol=1e-3), (row, ours)  # metres, to 1 mm
+
+
 def test_nyu_weights_still_import_as_nyu(tmp_path):
     file = tmp_path / "build_model_best_nyu_xxs"
     fake_official_kitti(file)

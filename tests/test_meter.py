@@ -34,6 +34,26 @@ def test_depth_comes_back_at_the_input_resolution():
     assert out["depth"].shape == (2, 1, 40, 56) and torch.isfinite(out["depth"]).all()
 
 
+@pytest.mark.parametrize("size, padding", [
+    ((192, 636), (0, 0)),    # KITTI: 80 columns at 1/8, run unpadded as the official network runs it
+    ((192, 256), (0, 0)),
+    ((192, 633), (0, 0)),    # ceil(633 / 8) = 80
+    ((192, 632), (0, 8)),    # 79 columns at 1/8: the official code cannot run it; padded to 640
+    ((120, 160), (8, 32)),   # the shared NYU sample's size
+])
+def test_input_padding_pads_only_what_the_official_network_cannot_run(size, padding):
+    from base_learners.meter import input_padding
+
+    assert input_padding(*size) == padding
+    model = base_learners.create("meter_xxs").eval()
+    seen = []
+    model.encoder.conv1.register_forward_pre_hook(lambda m, inp: seen.append(tuple(inp[0].shape[-2:])))
+    with torch.no_grad():
+        depth = model(torch.rand(1, 3, *size))["depth"]
+    assert depth.shape[-2:] == size
+    assert seen == [(size[0] + padding[0], size[1] + padding[1])]
+
+
 def test_hooks_fire_in_the_listed_order():
     model = base_learners.create("meter_xxs").eval()
     layers = model.selectable_layers()

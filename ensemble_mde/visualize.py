@@ -19,6 +19,7 @@ DEPTH_CMAP = "magma_r"  # near = bright, far = dark
 PREDICTION_SUFFIXES = ("_depth.png", "_depth_color.png", "_weights.png", "_depth.npy", "_weights.npy",
                        "_uncertainty.npy", "_uncertainty.png")
 SOURCE_KEY = "Source"  # PNG text: the absolute path of the image a file was predicted from
+DEPTH_SCALE_KEY = "Depth units per metre"  # PNG text of a depth PNG: 1000 (mm) or 256 (KITTI's)
 
 
 def source_text(image: str | Path | None) -> dict[str, str]:
@@ -72,15 +73,24 @@ def depth_colormap():
     return ListedColormap(plt.get_cmap(DEPTH_CMAP)(np.linspace(0.0, 0.85, 256))).with_extremes(bad="black")
 
 
-def save_depth_png(depth: torch.Tensor | np.ndarray, path: Path, *, source: str | Path | None = None) -> None:
-    """[H,W] metres -> 16-bit PNG in millimetres (the NYU/BTS convention; 0 = invalid, which a
-    depth above 0 never becomes: it is at least 1 mm); source: the image it was predicted from."""
+def png_units_per_metre(max_depth: float) -> int:
+    """Units per metre of the 16-bit depth PNG of a model predicting up to `max_depth` m:
+    millimetres (NYU's and BTS's NYU convention) when they hold the range (65.535 m), else
+    KITTI's metres x 256 (its ground truth's, and what BTS writes for KITTI; up to 255.99 m)."""
+    return 1000 if max_depth * 1000 <= 65535 else 256
+
+
+def save_depth_png(depth: torch.Tensor | np.ndarray, path: Path, *, units_per_metre: int = 1000,
+                   source: str | Path | None = None) -> None:
+    """[H,W] metres -> 16-bit PNG of metres x units_per_metre (png_units_per_metre; 0 = invalid,
+    which a depth above 0 never becomes: it is at least one unit), the scale in its text
+    (DEPTH_SCALE_KEY); source: the image it was predicted from."""
     d = np.asarray(depth, dtype=np.float64)
-    mm = np.where(d > 0, np.clip(np.round(d * 1000.0), 1, 65535), 0).astype(np.uint16)
+    units = np.where(d > 0, np.clip(np.round(d * units_per_metre), 1, 65535), 0).astype(np.uint16)
     info = PngInfo()
-    for key, value in source_text(source).items():
+    for key, value in {**source_text(source), DEPTH_SCALE_KEY: str(units_per_metre)}.items():
         info.add_text(key, value)
-    atomic_write_with(path, lambda f: Image.fromarray(mm).save(f, format="PNG", pnginfo=info))
+    atomic_write_with(path, lambda f: Image.fromarray(units).save(f, format="PNG", pnginfo=info))
 
 
 def save_npy(array: torch.Tensor | np.ndarray, path: Path) -> None:

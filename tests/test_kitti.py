@@ -281,6 +281,34 @@ def test_nyu_weights_still_import_as_nyu(tmp_path):
     assert "nyu, kitti" in proc.stderr and not (tmp_path / "other").exists()
 
 
+def test_kitti_depth_pngs_are_metres_x_256_and_hold_the_80_m_range(kitti_root, tmp_path):
+    from ensemble_mde.visualize import DEPTH_SCALE_KEY, png_units_per_metre, save_depth_png
+
+    assert png_units_per_metre(10.0) == 1000 and png_units_per_metre(65.535) == 1000
+    assert png_units_per_metre(80.0) == 256
+    save_depth_png(np.array([[0.0, 1.0], [70.0, 80.0]]), tmp_path / "far.png", units_per_metre=256)
+    with Image.open(tmp_path / "far.png") as png:
+        assert png.text[DEPTH_SCALE_KEY] == "256"
+        assert np.asarray(png).tolist() == [[0, 256], [17920, 20480]]   # a millimetre PNG stops at 65535
+
+    file = tmp_path / "build_model_best_kitti_xxs"
+    state = fake_official_kitti(file)
+    # a last conv whose depth reaches past 65.535 m (random weights read under a centimetre), in dm
+    state["decoder.conv2d_out.weight"] = state["decoder.conv2d_out.weight"].abs() * 150_000
+    torch.save(state, file)
+    run_cli("import-weights", "meter_xxs", file, "--out", tmp_path / "meter_kitti", check=True)
+    root, written = kitti_root
+    image = root / next(iter(written))
+    proc = run_cli("predict", tmp_path / "meter_kitti", image, "--out", tmp_path / "pred", check=True)
+    assert "metres x 256" in proc.stdout
+    with Image.open(tmp_path / "pred" / f"{image.stem}_depth.png") as png:
+        assert png.text[DEPTH_SCALE_KEY] == "256"
+        png_metres = np.asarray(png).astype(np.float64) / 256
+    depth = np.load(tmp_path / "pred" / f"{image.stem}_depth.npy")
+    assert depth.shape == png_metres.shape == FRAME and depth.max() > 65.535
+    assert np.abs(depth - png_metres).max() <= 0.5 / 256 + 1e-6   # half a unit: 2 mm
+
+
 def test_kitti_data_takes_the_kitti_protocol_unless_the_user_sets_otherwise(kitti_root, synth_root):
     from ensemble_mde.training.base import base_config
 

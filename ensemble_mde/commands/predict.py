@@ -1,5 +1,6 @@
-"""`ensemble predict RUN IMAGE...`: depth maps (16-bit PNG in mm, float32 .npy in metres, colourised
-PNG) for images; a stacked ensemble also its weights and uncertainty."""
+"""`ensemble predict RUN IMAGE...`: depth maps (16-bit PNG in mm, or metres x 256 for a run whose
+range mm cannot hold (KITTI's 80 m); float32 .npy in metres; colourised PNG) for images; a
+stacked ensemble also its weights and uncertainty."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ from ensemble_mde.commands.options import add_device_option
 
 
 def register(sub) -> None:
-    p = sub.add_parser("predict", help="depth maps for images: 16-bit PNG (mm), float32 .npy (m), colourised PNG",
+    p = sub.add_parser("predict", help="depth maps for images: 16-bit PNG (mm; KITTI runs m x 256), float32 .npy (m), colourised PNG",
                        description="Predict depth for images of any size (turned upright as their EXIF "
                                    "orientation says, resized to the run's input size, the depth resized back). "
-                                   "Writes STEM_depth.png (16-bit, mm), STEM_depth.npy (float32, m) and "
+                                   "Writes STEM_depth.png (16-bit: mm, or metres x 256 as KITTI stores depth for a run predicting "
+                                   "beyond 65.535 m; its 'Depth units per metre' text says which), STEM_depth.npy "
+                                   "(float32, m) and "
                                    "STEM_depth_color.png; a stacked ensemble with weights also STEM_weights.png, "
                                    "STEM_weights.npy ([K,H,W]) and its uncertainty, the spread of the base depths "
                                    "under its weights, as STEM_uncertainty.npy (m) and STEM_uncertainty.png. "
@@ -40,13 +43,18 @@ def cmd_predict(args) -> int:
     from ensemble_mde.metrics import flip_tta
     from ensemble_mde.uncertainty import blend_spread
     from ensemble_mde.visualize import (PREDICTION_SUFFIXES, prediction_stems, save_colorized_depth,
-                                        save_colorized_uncertainty, save_depth_png, save_npy, save_weight_maps)
+                                        png_units_per_metre, save_colorized_uncertainty, save_depth_png, save_npy,
+                                        save_weight_maps)
 
     device = resolve_device(args.device or "auto")
     model, cfg = load_any_run(args.run, device=device, for_inference=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     size = model_input_size(cfg)
+    units_per_metre = png_units_per_metre(cfg["data"]["max_depth"])
+    if units_per_metre != 1000:
+        print(f"depth PNGs in metres x {units_per_metre} (KITTI's convention): the run predicts up to "
+              f"{cfg['data']['max_depth']:g} m, beyond a millimetre PNG's 65.535 m")
     for image, stem in zip(args.images, prediction_stems(args.images, out)):
         rgb = load_rgb(image, upright=True)  # [3,H,W] in [0,1]; grayscale/RGBA converted
         h, w = rgb.shape[-2:]
@@ -69,7 +77,7 @@ def cmd_predict(args) -> int:
             depth = to_image(depth)[0]
         depth_png, color_png, weights_png, depth_npy, weights_npy, sigma_npy, sigma_png = (
             out / f"{stem}{suffix}" for suffix in PREDICTION_SUFFIXES)
-        save_depth_png(depth, depth_png, source=image)     # first: it names the image for the .npy files
+        save_depth_png(depth, depth_png, units_per_metre=units_per_metre, source=image)  # first: it names the image for the .npy files
         save_npy(depth, depth_npy)
         save_colorized_depth(depth, color_png, max_depth=cfg["data"]["max_depth"],
                              title=f"{Path(image).name}: depth (m)", source=image)

@@ -233,6 +233,12 @@ def merge(base: dict, update: dict, *, strict: bool, source: str, _root: dict | 
     return out
 
 
+def _part_with_keys_of(layer: dict, cfg: dict) -> dict:
+    """The part of `layer` whose (nested) keys `cfg` has."""
+    return {k: _part_with_keys_of(v, cfg[k]) if isinstance(v, dict) and isinstance(cfg[k], dict) else v
+            for k, v in layer.items() if k in cfg}
+
+
 def parse_override(text: str) -> dict:
     """'a.b=value' -> {'a': {'b': value}}, the value parsed as a YAML scalar/list."""
     if "=" not in text:
@@ -389,6 +395,7 @@ def load_config(
     preset: str | None = None,
     settings: Sequence[Setting] = (),
     unused_sections: Sequence[str] = (),
+    protocol: str | None = None,
 ) -> dict:
     """Resolve a run config.
 
@@ -398,6 +405,8 @@ def load_config(
     typed setting. A setting and an override of the same key is an error (neither wins).
     unused_sections: top-level sections of the user's file that the caller builds nothing
     from (`data check` reads a learner's file but builds no model): dropped, not refused.
+    protocol: a packaged layer after `packaged` that sets only the keys they have
+    ("data/kitti": its model.max_depth reaches a learner's config, not a meta run's).
     """
     cfg: dict = {}
     presets: dict = {}
@@ -405,6 +414,9 @@ def load_config(
         layer = read_yaml(packaged_config_path(name))
         presets.update(layer.pop(PRESETS_KEY, {}) or {})
         cfg = merge(cfg, layer, strict=False, source=name)
+    if protocol is not None:
+        layer = read_yaml(packaged_config_path(protocol))
+        cfg = merge(cfg, _part_with_keys_of(layer, cfg), strict=True, source=protocol)
     defaults = copy.deepcopy(cfg)
     layers: list[tuple[str, dict]] = []
     if preset:

@@ -326,6 +326,20 @@ def test_kitti_data_takes_the_kitti_protocol_unless_the_user_sets_otherwise(kitt
     assert nyu["data"]["max_depth"] == nyu["model"]["max_depth"] == 10.0 and nyu["augment"]["rotate_deg"] == 2.5
 
 
+def test_a_meta_run_on_kitti_data_and_its_fresh_bases_take_the_kitti_protocol(kitti_root, synth_root):
+    from ensemble_mde.training.meta import meta_config, resolve_bases
+
+    root, _ = kitti_root
+    on_kitti = [config_mod.Setting("data.path", str(root), "--data")]
+    cfg = meta_config(mode="simultaneous", bases=["bts", "meter_xxs"], settings=on_kitti)
+    assert cfg["data"]["max_depth"] == 80.0 and cfg["augment"]["crop_size"] == [352, 704]
+    assert cfg["model"] == {"name": "stacked_ensemble"}          # the layer adds no key a meta run lacks
+    assert [r["model"]["max_depth"] for r in resolve_bases(cfg)] == [80.0, 80.0]
+    nyu = meta_config(mode="simultaneous", bases=["bts"], settings=[config_mod.Setting("data.path", str(synth_root),
+                                                                                     "--data")])
+    assert nyu["data"]["max_depth"] == 10.0 and resolve_bases(nyu)[0]["model"]["max_depth"] == 10.0
+
+
 def test_data_check_takes_the_kitti_layer_file_a_learner_trains_with(kitti_root):
     root, _ = kitti_root
     layer = config_mod.packaged_config_path("data/kitti")  # it has a model section data check does not use

@@ -18,7 +18,10 @@ PROTOCOL_LAYERS = {"kitti": "data/kitti"}
 
 def protocol_layer(cfg_data: dict) -> str | None:
     """The packaged layer of the protocol of the dataset `cfg_data` names ("data/kitti"), or
-    None: an NYU format, or a path that is not there (reading it will say so)."""
+    None: an NYU format, no path (a meta run on its bases' data), or a path that is not there
+    (reading it will say so)."""
+    if cfg_data.get("path") is None:
+        return None
     try:
         return PROTOCOL_LAYERS.get(resolve_format(cfg_data))
     except DataError:
@@ -27,10 +30,10 @@ def protocol_layer(cfg_data: dict) -> str | None:
 
 def load_config_for_data(packaged: Sequence[str], *args, **kwargs) -> dict:
     """config.load_config(packaged, *args, **kwargs) with the protocol layer of the data it
-    resolves to placed after `packaged`, under the preset, the user's file and --set: those
-    name the data, so the layer is known only once they are read."""
-    cfg = config_mod.load_config(list(packaged), *args, **kwargs)
+    resolves to after `packaged` (config.load_config's `protocol`), under the preset, the
+    user's file and --set: those name the data, so the layer is known only once they are read."""
+    cfg = config_mod.load_config(packaged, *args, **kwargs)
     layer = protocol_layer(cfg["data"])
     if layer is None:
         return cfg
-    return config_mod.load_config([*packaged, layer], *args, **kwargs)
+    return config_mod.load_config(packaged, *args, protocol=layer, **kwargs)

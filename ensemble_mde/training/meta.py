@@ -18,6 +18,7 @@ import torch
 import base_learners
 from ensemble_mde import config as config_mod
 from ensemble_mde import distributed, runs
+from ensemble_mde.data.protocol import load_config_for_data, protocol_layer
 from ensemble_mde.errors import ConfigError
 from ensemble_mde.loading import build_ensemble, check_bases_unchanged, load_base_weights
 from ensemble_mde.runs import RECORD, run_name
@@ -34,13 +35,13 @@ DEFAULT_BASES = ("adabins", "bts", "ldrn")
 
 def meta_config(*, inputs: str | None = None, mode: str | None = None, bases=None, config_file=None,
                 overrides=(), preset=None, settings=()) -> dict:
-    """Resolved meta config: defaults < meta/weighting < preset < file < overrides <
-    settings < the named choices (inputs, mode, bases: run folders or learner names)."""
+    """Resolved meta config: defaults < meta/weighting < the protocol layer of a dataset it
+    names (data.protocol; with none it takes its bases' data section) < preset < file <
+    overrides < settings < the named choices (inputs, mode, bases: run folders or learner names)."""
     named = [config_mod.Setting(key, value, flag) for key, value, flag in (
         ("meta.inputs", inputs, "--inputs"), ("ensemble.mode", mode, "--freeze/--finetune/--simultaneous"),
         ("ensemble.bases", [str(b) for b in bases] if bases else None, "--bases")) if value]
-    return config_mod.load_config(["defaults", "meta/weighting"], config_file, overrides, preset,
-                                  [*settings, *named])
+    return load_config_for_data(["defaults", "meta/weighting"], config_file, overrides, preset, [*settings, *named])
 
 
 def newest_finished_runs(runs_dir: Path, learners=DEFAULT_BASES) -> list[Path]:
@@ -68,7 +69,8 @@ def resolve_bases(cfg: dict) -> list[dict]:
         elif path.exists():
             resolved.append(checkpoint_entry(path))
         elif mode == "simultaneous" and str(entry) in base_learners.available():
-            base_cfg = config_mod.load_config(["defaults", f"base/{entry}"])
+            # a fresh base takes the protocol of the run's data (KITTI's 80 m output range)
+            base_cfg = config_mod.load_config(["defaults", f"base/{entry}"], protocol=protocol_layer(cfg["data"]))
             if "pretrained" in base_cfg["model"]:
                 base_cfg["model"]["pretrained"] = bool(cfg["ensemble"]["base_pretrained"])
             resolved.append({"name": str(entry), "run": None, "sha256": None, "model": base_cfg["model"],

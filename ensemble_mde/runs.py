@@ -346,4 +346,10 @@ def load_state(model: torch.nn.Module, state: dict, path: Path, learner: str) ->
         raise CheckpointError(
             f"checkpoint does not fit learner {type(model).__name__} built as {learner!r} ({'; '.join(parts)})", path
         )
+    # training never saves a non-finite step (engine skips it), so NaN/inf here is damage or a bad
+    # import: refused, rather than predicting NaN depth that a PNG would store as 0
+    broken = [k for k in own if state[k].is_floating_point() and not bool(torch.isfinite(state[k]).all())]
+    if broken:
+        raise CheckpointError(f"weights hold NaN or inf in {len(broken)} tensor(s): {', '.join(broken[:4])}"
+                              f"{' ...' if len(broken) > 4 else ''}; retrain or re-import them", path)
     model.load_state_dict(state)

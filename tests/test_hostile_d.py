@@ -153,3 +153,34 @@ def test_compare_over_a_runs_dir_that_is_missing_or_empty_names_it(capsys, tmp_p
 ])
 def test_counts_and_sizes_out_of_range_are_one_line(capsys, two_runs, args, message):
     assert error_line(capsys, *args, two_runs[0], "--device", "cpu") == f"error: {message}"
+
+
+# ------------------------------------------------------------------ weights that hold NaN or inf
+
+def test_weights_holding_nan_or_inf_are_refused_in_one_line_before_any_depth_is_written(capsys, tmp_path,
+                                                                                        synth_root):
+    import numpy as np
+    from PIL import Image
+
+    run = write_run(tmp_path / "run", synth_root)
+    ckpt = runs.read_checkpoint(run / "best.pt")
+    key = next(k for k, v in ckpt["model"].items() if v.is_floating_point() and v.ndim == 4)
+    ckpt["model"][key].view(-1)[3] = float("nan")
+    torch.save(ckpt, run / "best.pt")
+    image = tmp_path / "room.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(image)
+    expected = f"error: {run / 'best.pt'}: weights hold NaN or inf in 1 tensor(s): {key}; retrain or re-import them"
+    assert error_line(capsys, "predict", run, image, "--out", tmp_path / "pred", "--device", "cpu") == expected
+    assert not (tmp_path / "pred").exists() or not any((tmp_path / "pred").iterdir())
+    assert error_line(capsys, "evaluate", run, "--data", synth_root, "--device", "cpu") == expected
+
+    from base_learners.meter import METER
+
+    official = METER("xxs").state_dict()
+    official["decoder.conv2d_out.weight"].fill_(float("inf"))
+    torch.save(official, tmp_path / "build_model_best_nyu_xxs")
+    assert error_line(capsys, "import-weights", "meter_xxs", tmp_path / "build_model_best_nyu_xxs", "--out",
+                      tmp_path / "imported") == (f"error: {tmp_path / 'build_model_best_nyu_xxs'}: weights hold NaN "
+                                                 "or inf in 1 tensor(s): decoder.conv2d_out.weight; retrain or "
+                                                 "re-import them")
+    assert not (tmp_path / "imported" / "best.pt").exists()

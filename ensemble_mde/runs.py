@@ -200,8 +200,14 @@ def data_view(cfg: dict) -> dict:
 
 
 def run_dir_for(cfg: dict, default_name: str) -> Path:
-    """runs_dir/name from the config (name defaults to `default_name`)."""
+    """runs_dir/name from the config (name defaults to `default_name`). The name is a folder
+    inside runs_dir (it may nest: "ablation/adabins"); one that leaves it ("..", "/abs") or is
+    runs_dir itself (".") is refused, since run folders are found by listing runs_dir."""
     name = cfg["run"].get("name") or default_name
+    parts = Path(name).parts
+    if Path(name).is_absolute() or not parts or ".." in parts or set(parts) == {"."}:
+        raise ConfigError(f"run.name {name!r} must name a folder inside run.runs_dir, like 'adabins_lr3e-4'",
+                          "run.name")
     return Path(cfg["run"]["runs_dir"]) / name
 
 

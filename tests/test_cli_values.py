@@ -65,3 +65,22 @@ def test_set_is_still_yaml_and_a_typed_value_is_still_checked():
         load_config(["defaults"], settings=[Setting("train.epochs", 0, "--epochs")])
     with pytest.raises(ConfigError, match="--epochs and --set train.epochs=2 both set train.epochs"):
         load_config(["defaults"], overrides=["train.epochs=2"], settings=[Setting("train.epochs", 3, "--epochs")])
+
+
+def test_a_run_name_that_leaves_runs_dir_is_one_line_and_out_dotdot_names_that_folder(synth_root, tmp_path,
+                                                                                     capsys, monkeypatch):
+    work = tmp_path / "project" / "sub"
+    work.mkdir(parents=True)
+    monkeypatch.chdir(work)
+    for name in ("..", "a/../..", "."):
+        with pytest.raises(SystemExit) as done:
+            main(["train-base", "meter_xxs", "--data", str(synth_root), "--set", "run.runs_dir=runs",
+                  "--set", f"run.name={name}", *FAST])
+        err = capsys.readouterr().err.strip()
+        assert done.value.code == 2 and err == (f"error: run.name {name!r} must name a folder inside run.runs_dir, "
+                                                "like 'adabins_lr3e-4'")
+    assert not (tmp_path / "project" / "config.yaml").exists() and not (work / "config.yaml").exists()
+
+    train(capsys, "train-base", "meter_xxs", "--data", synth_root, "--out", "..", "--size", "48x64", *FAST)
+    saved = yaml.safe_load((tmp_path / "project" / "config.yaml").read_text())
+    assert saved["run"]["name"] == "project" and saved["run"]["runs_dir"] == str(tmp_path)

@@ -8,6 +8,7 @@ with its `#`. Only `--set KEY=VALUE` is parsed as YAML.
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from ensemble_mde.config import Setting, parse_size
@@ -82,6 +83,8 @@ def flag_settings(args: argparse.Namespace) -> list[Setting]:
         settings.append(Setting("data.size", list(args.size), "--size"))
     if getattr(args, "out", None):
         out = Path(args.out)
+        if out.name in ("", ".", ".."):           # `--out .` / `--out ..`: that folder itself, by its name
+            out = Path(os.path.abspath(out))
         settings += [Setting("run.runs_dir", out.parent.as_posix() or ".", "--out"),
                      Setting("run.name", out.name, "--out")]
     if getattr(args, "selectivity", None):

@@ -156,7 +156,8 @@ def steps_per_epoch(n_samples: int, batch_size: int, max_steps: int = 0) -> int:
     if max_steps:
         steps = min(steps, int(max_steps))
     if steps < 1:
-        raise ConfigError(f"train split has {n_samples} samples, fewer than one batch of {batch_size}",
+        raise ConfigError(f"train split has {n_samples} sample{'' if n_samples == 1 else 's'}, "
+                          f"fewer than one batch of {batch_size}",
                           "train.batch_size")
     return steps
 

@@ -14,20 +14,27 @@ from ensemble_mde.metrics import MetricAccumulator, flip_tta
 
 def evaluation_config(run_cfg: dict, data: str | None = None, overrides=()) -> dict:
     """A copy of a run's config to evaluate it on: its data (a meta run: the data its record
-    says it trained on), or the user's `data` (the format re-detected), with `key=value`
-    overrides; the GT is scored at its own resolution (data.size null), the model still sees
-    its own input size (`loading.model_input_size` of the run's config)."""
+    says it trained on), or the user's `data` (the format re-detected; data of another
+    protocol than the run's, as KITTI for an NYU run, is scored by its own: 80 m and the Garg
+    crop, not the run's 10 m), with `key=value` overrides; the GT is scored at its own
+    resolution (data.size null), the model still sees its own input size
+    (`loading.model_input_size` of the run's config)."""
     import copy
 
     from ensemble_mde import config as config_mod
+    from ensemble_mde.data.protocol import PROTOCOL_LAYERS, protocol_layer, scoring_protocol
     from ensemble_mde.runs import RECORD, data_view
 
-    cfg = copy.deepcopy(data_view(run_cfg) if not data else run_cfg)
+    trained = data_view(run_cfg)
+    cfg = copy.deepcopy(trained if not data else run_cfg)
     cfg.pop(RECORD, None)
     if data:  # the listing keys a run saved before some of them existed has
         listing = {key: None for key in config_mod.LISTING_KEYS if key in cfg["data"]}
         cfg = config_mod.merge(cfg, {"data": {"path": str(data), "format": "auto", **listing}}, strict=True,
                                source="--data")
+        layer = protocol_layer(cfg["data"])
+        if layer != PROTOCOL_LAYERS.get(trained["data"].get("format")):
+            cfg = config_mod.merge(cfg, {"data": scoring_protocol(layer)}, strict=True, source=f"--data {data}")
     for text in overrides:
         cfg = config_mod.merge(cfg, config_mod.parse_override(text), strict=True, source=f"--set {text}")
     cfg = config_mod.absolute_paths(cfg)

@@ -240,6 +240,31 @@ def test_meter_kitti_weights_import_and_evaluate_on_kitti_data(kitti_root, tmp_p
     assert proc.returncode == 0 and "Garg crop" in proc.stdout
 
 
+def test_a_run_evaluated_on_data_of_another_protocol_is_scored_by_that_data_s_protocol(kitti_root, synth_root,
+                                                                                        tmp_path):
+    from ensemble_mde.evaluation import evaluation_config
+    from test_hostile_input import write_run
+
+    root, _ = kitti_root
+    nyu_run = write_run(tmp_path / "nyu_run", synth_root)
+    _, nyu_cfg, _ = load_run(nyu_run)
+    on_kitti = evaluation_config(nyu_cfg, data=root)
+    assert (on_kitti["data"]["max_depth"], on_kitti["data"]["eigen_crop"]) == (80.0, "auto")
+    assert evaluation_config(nyu_cfg, data=root, overrides=["data.max_depth=50"])["data"]["max_depth"] == 50.0
+    assert evaluation_config(nyu_cfg, data=synth_root)["data"]["max_depth"] == 10.0
+    kitti_run = tmp_path / "kitti_run"
+    fake_official_kitti(tmp_path / "build_model_best_kitti_xxs")
+    assert run_cli("import-weights", "meter_xxs", tmp_path / "build_model_best_kitti_xxs", "--out",
+                   kitti_run).returncode == 0
+    _, kitti_cfg, _ = load_run(kitti_run)
+    assert evaluation_config(kitti_cfg, data=synth_root)["data"]["max_depth"] == 10.0
+    assert evaluation_config(kitti_cfg, data=root)["data"]["max_depth"] == 80.0
+
+    proc = run_cli("evaluate", nyu_run, "--data", root, "--json")
+    assert proc.returncode == 0 and json.loads(proc.stdout)["n_images"] == 2
+    assert proc.stderr.strip() == f"note: {nyu_run} predicts up to 10 m; this data is scored up to 80 m"
+
+
 # The official METER-XXS KITTI network (lorenzopapa5/METER architecture.py, run on CPU at
 # globals.RGB_img_res = (3, 192, 636)) on the formula image of `formula_rgb`, in decimetres,
 # its 48x160 map upsampled 4x bilinearly and cut to 636 columns: rows 0, 96, 191 at columns

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 from ensemble_mde.commands.options import add_config_options, int_at_least
 
@@ -33,6 +34,10 @@ def cmd_evaluate(args) -> int:
     model, run_cfg = load_any_run(args.run, device=device, for_inference=True)
     cfg = evaluation_config(run_cfg, data=args.data, overrides=args.overrides)
     dataset = build_dataset(cfg, args.split, augment=False)
+    output_range = run_cfg["model"].get("max_depth")
+    if output_range is not None and output_range < cfg["data"]["max_depth"]:
+        print(f"note: {args.run} predicts up to {output_range:g} m; this data is scored up to "
+              f"{cfg['data']['max_depth']:g} m", file=sys.stderr)
     eigen = eigen_crop_default(cfg["data"], dataset)
     acc = evaluate_model(model, dataset, device=device, input_size=model_input_size(run_cfg),
                          batch_size=args.batch_size, flip=args.flip_tta, eigen_crop=eigen,

@@ -14,6 +14,8 @@ from ensemble_mde.errors import DataError
 
 # format -> packaged layer (configs/<layer>.yaml) of its protocol, for formats not NYU's.
 PROTOCOL_LAYERS = {"kitti": "data/kitti"}
+# the data keys that say how a dataset is scored (valid GT range, prediction clip, crop)
+SCORING_KEYS = ("min_depth", "max_depth", "eigen_crop")
 
 
 def protocol_layer(cfg_data: dict) -> str | None:
@@ -37,3 +39,12 @@ def load_config_for_data(packaged: Sequence[str], *args, **kwargs) -> dict:
     if layer is None:
         return cfg
     return config_mod.load_config(packaged, *args, protocol=layer, **kwargs)
+
+
+def scoring_protocol(layer: str | None) -> dict:
+    """The scoring keys (SCORING_KEYS) of a protocol: the defaults' (NYU: 1e-3-10 m, Eigen crop
+    on real NYU GT) with the data section of `layer` (from protocol_layer) over them."""
+    data = dict(config_mod.read_yaml(config_mod.packaged_config_path("defaults"))["data"])
+    if layer is not None:
+        data.update(config_mod.read_yaml(config_mod.packaged_config_path(layer)).get("data") or {})
+    return {key: data[key] for key in SCORING_KEYS}

@@ -13,6 +13,7 @@ import copy
 import difflib
 import functools
 import math
+import reprlib
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -181,6 +182,16 @@ def _float_or_same(value: Any) -> Any:
     return value
 
 
+_SHOWN = reprlib.Repr()
+_SHOWN.maxlevel, _SHOWN.maxlist, _SHOWN.maxdict, _SHOWN.maxstring, _SHOWN.maxother = 2, 6, 6, 200, 200
+
+
+def shown(value: Any) -> str:
+    """repr(value) for an error line, cut short: a YAML file's aliases can make a small file
+    hold a list of billions of elements, whose full repr would be the error 'line'."""
+    return _SHOWN.repr(value)
+
+
 def _coerce(value: Any, default: Any, key: str, source: str) -> Any:
     """Check `value` against the type of the packaged `default` (None and "auto" accept anything)."""
     if default is None or value is None or default == "auto":
@@ -189,7 +200,7 @@ def _coerce(value: Any, default: Any, key: str, source: str) -> Any:
     if rule.get("type") == "weights":  # a bool default that also takes a file path
         if isinstance(value, (bool, str)):
             return value
-        raise ConfigError(f"{source}: {key} must be {describe_rule(rule)}, got {value!r}", key)
+        raise ConfigError(f"{source}: {key} must be {describe_rule(rule)}, got {shown(value)}", key)
     if isinstance(default, bool):
         ok = isinstance(value, bool)
     elif isinstance(default, int):
@@ -208,7 +219,7 @@ def _coerce(value: Any, default: Any, key: str, source: str) -> Any:
         ok = isinstance(value, type(default))
     if not ok:
         raise ConfigError(
-            f"{source}: key {key!r} expects {type(default).__name__}, got {type(value).__name__} {value!r}", key
+            f"{source}: key {key!r} expects {type(default).__name__}, got {type(value).__name__} {shown(value)}", key
         )
     return value
 
@@ -385,7 +396,7 @@ def check_values(cfg: dict, *, rules: dict | None = None, defaults: dict | None 
             where = (origins or {}).get(key)
             limit = f" below {prefix + rule['less_than']} ({sibling!r})" if rule.get("less_than") else ""
             raise ConfigError(f"{where + ': ' if where else ''}{key} must be {describe_rule(rule, default)}"
-                              f"{limit}, got {value!r}", key)
+                              f"{limit}, got {shown(value)}", key)
 
 
 def load_config(

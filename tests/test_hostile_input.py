@@ -115,6 +115,16 @@ def test_a_yaml_alias_loop_or_a_list_where_a_path_belongs(capsys, tmp_path, synt
         "(random init) or a weights file path, got ['a', 'b']")
 
 
+def test_a_yaml_file_whose_aliases_expand_to_a_billion_strings_gets_a_short_line(capsys, tmp_path, synth_root):
+    laughs = tmp_path / "laughs.yaml"         # 9 levels of 9 aliases: 9**9 strings once expanded
+    levels = ['    - &l0 ["x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    levels += [f"    - &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, 9)]
+    laughs.write_text("selectivity:\n  layers:\n" + "\n".join(levels) + "\n")
+    line = refused(capsys, tmp_path, synth_root, "--config", laughs)
+    assert line.startswith(f"error: {laughs}: selectivity.layers must be a list of strings, got [['x', 'x', ")
+    assert len(line) - len(str(laughs)) < 400     # not the billions of strings
+
+
 def test_a_flag_and_a_set_of_the_same_key_are_refused(capsys, tmp_path, synth_root):
     assert refused(capsys, tmp_path, synth_root, "--epochs", "2", "--set", "train.epochs=5") == (
         "error: --epochs and --set train.epochs=5 both set train.epochs; give one of them")

@@ -69,7 +69,7 @@ def test_compare_over_an_empty_config_is_one_line_and_the_checkpoint_stands_in(c
 # ------------------------------------------------------------------ 18: the convex oracle bounds what compare scores
 
 def test_the_convex_oracle_bounds_a_blend_made_before_flip_tta_and_upsampling():
-    from ensemble_mde.compare.evaluate import convex_hull, upsample
+    from ensemble_mde.compare.passes import convex_hull, upsample
     from meta_learner.baselines import BASELINES
     from meta_learner.ensemble import blend
 

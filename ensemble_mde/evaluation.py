@@ -33,6 +33,7 @@ def evaluation_config(run_cfg: dict, data: str | None = None, overrides=()) -> d
         cfg = config_mod.merge(cfg, {"data": {"path": str(data), "format": "auto", **listing}}, strict=True,
                                source="--data")
         layer = protocol_layer(cfg["data"])
+        # the run's own data need not be here: its saved format names its protocol (the KITTI layer sets it)
         if layer != PROTOCOL_LAYERS.get(trained["data"].get("format")):
             cfg = config_mod.merge(cfg, {"data": scoring_protocol(layer)}, strict=True, source=f"--data {data}")
     for text in overrides:

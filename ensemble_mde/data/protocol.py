@@ -44,7 +44,5 @@ def load_config_for_data(packaged: Sequence[str], *args, **kwargs) -> dict:
 def scoring_protocol(layer: str | None) -> dict:
     """The scoring keys (SCORING_KEYS) of a protocol: the defaults' (NYU: 1e-3-10 m, Eigen crop
     on real NYU GT) with the data section of `layer` (from protocol_layer) over them."""
-    data = dict(config_mod.read_yaml(config_mod.packaged_config_path("defaults"))["data"])
-    if layer is not None:
-        data.update(config_mod.read_yaml(config_mod.packaged_config_path(layer)).get("data") or {})
+    data = config_mod.load_config(["defaults"], protocol=layer)["data"]
     return {key: data[key] for key in SCORING_KEYS}

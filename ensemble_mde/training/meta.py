@@ -35,8 +35,8 @@ DEFAULT_BASES = ("adabins", "bts", "ldrn")
 
 def meta_config(*, inputs: str | None = None, mode: str | None = None, bases=None, config_file=None,
                 overrides=(), preset=None, settings=()) -> dict:
-    """Resolved meta config: defaults < meta/weighting < the protocol layer of a dataset it
-    names (data.protocol; with none it takes its bases' data section) < preset < file <
+    """Resolved meta config: defaults < meta/weighting < the protocol layer of the dataset it
+    names (none when it names none: it then takes its bases' data section) < preset < file <
     overrides < settings < the named choices (inputs, mode, bases: run folders or learner names)."""
     named = [config_mod.Setting(key, value, flag) for key, value, flag in (
         ("meta.inputs", inputs, "--inputs"), ("ensemble.mode", mode, "--freeze/--finetune/--simultaneous"),
